@@ -1,0 +1,31 @@
+"""A registered, gated endpoint: everything a client or a later flow needs to find it."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+
+class ServeNestEndpoint(Block):
+    """A model endpoint ServeNest brought up, saved under its deployment name.
+
+    Example:
+        ```python
+        from blocks import ServeNestEndpoint
+        endpoint = ServeNestEndpoint.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "ServeNest Endpoint"
+    _block_type_slug = "servenest-endpoint"
+    _description = "A gated model endpoint and what teardown needs to remove it."
+
+    deployment: str = Field(..., description="Deployment name (also this block's name).")
+    topology: str = Field(..., description="Topology the endpoint runs on.")
+    base_url: str = Field(..., description="Base URL of the OpenAI-compatible API.")
+    served_model_name: str = Field(..., description="Model name clients send.")
+    api_key_secret: str = Field(..., description="Name of the Secret block holding the API key.")
+    spec: dict = Field(..., description="The deployment spec in force.")
+    state: dict = Field(..., description="Resources the deployment created, for teardown.")
+    registered_at: float = Field(..., description="Unix time of registration.")
+    last_gate: dict = Field(default_factory=dict, description="Result of the last health gate.")

@@ -1,0 +1,1 @@
+"""Prefect flows: thin sequences of tasks, the same for every topology."""

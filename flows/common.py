@@ -1,0 +1,49 @@
+"""Steps the flows share: serve-gate-register, and cleaning up after a failed bring-up."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from pydantic import SecretStr
+
+from servenest.health import GateReport
+from servenest.timing import StageTimer
+from servenest.topology import Topology
+from tasks.artifacts import publish_connection_card
+from tasks.engine import launch_engine
+from tasks.gate import gate_endpoint
+from tasks.infrastructure import teardown_deployment
+from tasks.load import load_check
+from tasks.registry import forget_endpoint, register_endpoint
+
+
+def serve_and_register(
+    topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_check: bool
+) -> GateReport:
+    with timer.stage("launch"):
+        launch_engine(topology, api_key)
+    with timer.stage("gate"):
+        report = gate_endpoint(topology, api_key)
+    if run_load_check:
+        with timer.stage("load check"):
+            load_check(topology, api_key)
+    with timer.stage("register"):
+        register_endpoint(topology, report)
+        publish_connection_card(topology, api_key)
+    return report
+
+
+def clean_up_failed(topology: Topology, keep: bool, timer: StageTimer) -> None:
+    """After a failed bring-up: tear down what it created, unless asked to keep it."""
+    logger = get_run_logger()
+    name = topology.spec.name
+    if keep:
+        logger.warning(
+            "bring-up of %s failed; KEPT for debugging as asked (engine log: %s). Remove it "
+            "with `servenest down %s` or `prefect deployment run teardown/%s`.",
+            name, topology.state.engine.get("log"), name, name,
+        )
+        return
+    logger.warning("bring-up of %s failed; tearing down what it created", name)
+    with timer.stage("teardown after failure"):
+        teardown_deployment(topology)
+        forget_endpoint(name)

@@ -1,0 +1,50 @@
+"""provision: validate, provision, stage, launch, gate and register a deployment."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.common import clean_up_failed, serve_and_register
+from servenest.spec import DeploymentSpec
+from servenest.timing import StageTimer
+from servenest.topology import open_topology
+from tasks.artifacts import publish_stage_timings
+from tasks.infrastructure import provision_infrastructure
+from tasks.secrets import load_api_key
+from tasks.shell import prefect_shell_runner
+from tasks.spec import check_spec
+from tasks.weights import stage_weights
+
+
+@flow(name="provision", flow_run_name="provision-{spec.name}")
+def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: bool = False) -> dict:
+    """Bring a deployment up and prove it; a failed bring-up removes what it made.
+
+    Args:
+        spec: The deployment spec (a file of deployments/, as parameters).
+        keep_on_failure: Keep a failed bring-up running for debugging.
+        load_check: Run a short load check through the endpoint before registering it.
+    """
+    timer = StageTimer()
+    try:
+        with timer.stage("validate"):
+            check_spec(spec)
+            api_key = load_api_key(spec.access.api_key_secret)
+        topology = open_topology(spec, run=prefect_shell_runner)
+        try:
+            with timer.stage("provision"):
+                provision_infrastructure(topology)
+            with timer.stage("stage weights"):
+                stage_weights(topology)
+            gate = serve_and_register(
+                topology, api_key, timer, load_check or spec.benchmark.enabled
+            )
+        except Exception:
+            clean_up_failed(topology, keep_on_failure, timer)
+            raise
+    finally:
+        publish_stage_timings(spec.name, timer.rows)
+    ep = topology.endpoint()
+    get_run_logger().info("%s is serving %s at %s", spec.name, ep.served_model_name, ep.base_url)
+    return {"deployment": spec.name, "base_url": ep.base_url, "model": ep.served_model_name,
+            "gate_passed": gate.passed, "stages": timer.rows}

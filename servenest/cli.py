@@ -1,0 +1,278 @@
+"""`servenest`: what people do by hand. Deployments still run through Prefect's own CLI
+(`prefect deployment run provision/<name>`); this wraps the same flows for a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shlex
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from servenest.errors import ServeNestError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = REPO_ROOT / "deployments" / "local-tiny.yaml"
+
+
+@contextmanager
+def prefect_api(quiet: bool = False):
+    """Run the body against a Prefect API (configured, or a local server started here)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from servenest.prefect_api import ensure_api
+
+    url, startup_s = ensure_api()
+    if startup_s and not quiet:
+        print(f"started a local Prefect server in {startup_s:.1f} s: {url.removesuffix('/api')}")
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url, startup_s
+
+
+def ensure_key(secret_name: str, *, quiet: bool = False) -> bool:
+    """Create a random API key in a Secret block if it is missing; True if created."""
+    from prefect.blocks.system import Secret
+
+    from tasks.secrets import read_api_key
+
+    try:
+        read_api_key(secret_name)
+        return False
+    except ServeNestError:
+        Secret(value=f"sk-{secrets.token_urlsafe(24)}").save(secret_name, overwrite=True)
+        if not quiet:
+            print(f"created a random API key in Secret block {secret_name!r}")
+        return True
+
+
+# -- commands -------------------------------------------------------------------------
+def cmd_validate(args) -> int:
+    from servenest.fit import check_spec_fits
+    from servenest.spec import load_spec_file
+
+    for path in args.specs:
+        spec = load_spec_file(path)
+        for report in check_spec_fits(spec):
+            print(f"{path}: ok: {report.summary()}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from servenest.plan import render_plan
+    from servenest.spec import load_spec_file
+
+    plan = render_plan(load_spec_file(args.spec))
+    if args.format == "json":
+        print(json.dumps(plan, indent=2))
+    else:
+        for section, body in plan.items():
+            print(f"== {section}")
+            print(body if isinstance(body, str) else json.dumps(body, indent=2))
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from servenest.catalog import MODELS
+
+    print(f"{'model':45} {'params':>8} {'weights':>9} {'context':>8} {'min GPU mem':>11}")
+    for m in MODELS.values():
+        mem = f"{m.min_gpu_memory_gib} GiB" if m.min_gpu_memory_gib else "-"
+        print(f"{m.id:45} {m.params_b:>7g}B {m.weight_gb:>7.1f}GB {m.context_length:>8} {mem:>11}")
+    return 0
+
+
+def cmd_deployments(args) -> int:
+    from servenest.prefect_yaml import render
+
+    text = render(REPO_ROOT / "deployments")
+    target = REPO_ROOT / "prefect.yaml"
+    if args.write:
+        target.write_text(text)
+        print(f"wrote {target}")
+    elif args.check:
+        if not target.exists() or target.read_text() != text:
+            raise ServeNestError("prefect.yaml is stale; run `servenest deployments --write`")
+        print("prefect.yaml matches deployments/")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from flows.provision import provision
+    from servenest.spec import load_spec_file
+
+    spec = load_spec_file(args.spec)
+    with prefect_api():
+        if args.create_key:
+            ensure_key(spec.access.api_key_secret)
+        result = provision(spec, keep_on_failure=args.keep_on_failure, load_check=args.load_check)
+    print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
+    return 0
+
+
+def cmd_down(args) -> int:
+    from flows.teardown import teardown
+
+    with prefect_api():
+        result = teardown(args.name)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from flows.health_gate import health_gate
+
+    with prefect_api():
+        result = health_gate(args.name, deadline_s=args.deadline)
+    for stage in result["stages"]:
+        print(f"{stage['name']:32} {stage['seconds']:7.2f} s  {stage['detail']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from servenest.status import live_deployments
+
+    with prefect_api(quiet=True):
+        rows = live_deployments()
+    if not rows:
+        print("no registered deployments")
+        return 0
+    for r in rows:
+        print(f"{r['deployment']:20} {r['topology']:10} {r['engine']:22} {r['base_url']:28} "
+              f"{r['model']:20} age {r['age']:>8}  last gate {r['last_gate']}")
+    return 0
+
+
+def cmd_key(args) -> int:
+    from tasks.registry import registered
+    from tasks.secrets import read_api_key
+
+    with prefect_api(quiet=True):
+        if args.name == "create":
+            if not args.secret:
+                raise ServeNestError("usage: servenest key create SECRET_BLOCK_NAME")
+            if not ensure_key(args.secret, quiet=True):
+                print(f"Secret block {args.secret!r} already exists; left unchanged", file=sys.stderr)
+            return 0
+        block, _, _ = registered(args.name)
+        print(read_api_key(block.api_key_secret).get_secret_value())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job: the local pipeline end to end on the real engine."""
+    from flows.provision import provision
+    from flows.teardown import teardown
+    from servenest.connection import curl_command, key_command
+    from servenest.spec import load_spec_file
+
+    spec = load_spec_file(args.spec)
+    if args.port:
+        spec = spec.model_copy(update={"access": spec.access.model_copy(update={"port": args.port})})
+    t0 = time.monotonic()
+    with prefect_api() as (url, server_s):
+        ensure_key(spec.access.api_key_secret)
+        result = provision(spec, load_check=True)
+        down = None
+        if not args.keep:
+            down = time.monotonic()
+            teardown(spec.name)
+            down = time.monotonic() - down
+    total = time.monotonic() - t0
+    summary = demo_summary(result["stages"], total, server_s, down)
+    print("\n== ServeNest demo: provision -> gate -> load check -> " + ("kept serving" if args.keep else "teardown"))
+    for row in result["stages"]:
+        print(f"  {row['stage']:16} {row['seconds']:8.2f} s  {row['status']}")
+    if down is not None:
+        print(f"  {'teardown':16} {down:8.2f} s  ok")
+    for k, v in summary.items():
+        print(f"  {k}: {v}")
+    print(f"  run history: {url.removesuffix('/api')}/runs")
+    if args.keep:
+        print(f"\nserving {result['model']} at {result['base_url']}/v1 (key in Secret block "
+              f"{spec.access.api_key_secret!r})\n\n{key_command(spec.name)}\n"
+              f"{curl_command(result['base_url'], result['model'])}\n\n"
+              f"stop it with: servenest down {shlex.quote(spec.name)}")
+    return 0
+
+
+def demo_summary(stages: list[dict], total_s: float, server_s: float, teardown_s: float | None) -> dict:
+    """Wall time split into engine start-up (launch to a passed gate) and everything else."""
+    engine = sum(r["seconds"] for r in stages if r["stage"] in ("launch", "gate"))
+    return {
+        "wall time (s)": round(total_s, 2),
+        "engine start-up, launch to gate passed (s)": round(engine, 2),
+        "Prefect server start-up (s)": round(server_s, 2),
+        "everything else (s)": round(total_s - engine - server_s, 2),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="servenest", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the local pipeline end to end on the real engine")
+    d.add_argument("--keep", action="store_true", help="keep serving and print how to call it")
+    d.add_argument("--spec", default=str(DEFAULT_SPEC), help="spec file (default: local-tiny)")
+    d.add_argument("--port", type=int, help="serve on this port instead of the spec's")
+    d.set_defaults(fn=cmd_demo)
+
+    v = sub.add_parser("validate", help="validate spec files and check that they fit")
+    v.add_argument("specs", nargs="+")
+    v.set_defaults(fn=cmd_validate)
+
+    pl = sub.add_parser("plan", help="print what a spec would create, touching nothing")
+    pl.add_argument("spec")
+    pl.add_argument("--format", choices=["text", "json"], default="text")
+    pl.set_defaults(fn=cmd_plan)
+
+    c = sub.add_parser("catalog", help="list the models ServeNest knows")
+    c.set_defaults(fn=cmd_catalog)
+
+    dp = sub.add_parser("deployments", help="render prefect.yaml from deployments/*.yaml")
+    dp.add_argument("--write", action="store_true")
+    dp.add_argument("--check", action="store_true")
+    dp.set_defaults(fn=cmd_deployments)
+
+    u = sub.add_parser("up", help="bring a spec up (the provision flow)")
+    u.add_argument("spec")
+    u.add_argument("--keep-on-failure", action="store_true")
+    u.add_argument("--load-check", action="store_true")
+    u.add_argument("--create-key", action="store_true", help="create a random key if missing")
+    u.set_defaults(fn=cmd_up)
+
+    dn = sub.add_parser("down", help="tear a deployment down (the teardown flow)")
+    dn.add_argument("name")
+    dn.set_defaults(fn=cmd_down)
+
+    g = sub.add_parser("gate", help="run the health gate against a registered deployment")
+    g.add_argument("name")
+    g.add_argument("--deadline", type=float, default=60.0)
+    g.set_defaults(fn=cmd_gate)
+
+    s = sub.add_parser("status", help="list registered deployments")
+    s.set_defaults(fn=cmd_status)
+
+    k = sub.add_parser("key", help="print a deployment's API key; `key create NAME` makes one")
+    k.add_argument("name")
+    k.add_argument("secret", nargs="?")
+    k.set_defaults(fn=cmd_key)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ServeNestError as exc:
+        print(f"servenest: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

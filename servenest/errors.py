@@ -1,0 +1,67 @@
+"""Errors a user can act on.
+
+A ServeNestError is deterministic unless it is also ``Retryable``: tasks retry only
+transient failures (see ``tasks.retry.transient_only``).
+"""
+
+from __future__ import annotations
+
+
+class ServeNestError(Exception):
+    """Base class: a message written for the person running the pipeline."""
+
+
+class Retryable:
+    """Mixin for failures that another attempt can fix (network, a busy mirror)."""
+
+
+class SpecError(ServeNestError):
+    """The deployment spec is malformed or inconsistent."""
+
+
+class UnknownModelError(SpecError):
+    """The spec names a model that is not in the catalog."""
+
+
+class DoesNotFitError(SpecError):
+    """The hardware cannot hold the model's weights plus KV-cache headroom."""
+
+
+class MissingSecretError(ServeNestError):
+    """A Prefect Secret block the spec refers to does not exist."""
+
+
+class PortInUseError(ServeNestError):
+    """The engine's port is already taken on this machine."""
+
+
+class EngineEnvironmentError(ServeNestError):
+    """The engine's virtual environment could not be created or is broken."""
+
+
+class WeightsError(ServeNestError):
+    """Weights could not be staged or failed verification."""
+
+
+class DownloadFailedError(WeightsError, Retryable):
+    """A hub or mirror download failed; the clients resume, so retrying is cheap."""
+
+
+class EngineExitedError(ServeNestError):
+    """The engine process exited; the message carries its last log lines."""
+
+
+class GateFailedError(ServeNestError):
+    """The endpoint did not pass the health gate."""
+
+    def __init__(self, message: str, stages: list | None = None):
+        super().__init__(message)
+        self.stages = stages or []
+
+
+class NotRegisteredError(ServeNestError):
+    """No endpoint is registered under that deployment name."""
+
+
+class TopologyNotAvailableError(ServeNestError):
+    """The spec's topology has no implementation in this version."""

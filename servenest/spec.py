@@ -1,0 +1,320 @@
+"""The deployment spec: one validated description of a model service.
+
+Specs live as YAML files in ``deployments/`` and arrive as Prefect deployment
+parameters; both paths go through ``DeploymentSpec.model_validate`` and so fail the
+same way, before anything is created or paid for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from servenest.catalog import BUILTIN_MODEL, ModelInfo, get_model
+from servenest.errors import SpecError
+
+Topology = Literal["local", "ecs-single", "ecs-dual", "ack"]
+EngineKind = Literal["vllm", "sglang"]
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+# Flags ServeNest sets itself from the spec; passing them in extra_args would either
+# conflict with what the pipeline relies on or (``--api-key``) put a secret on a
+# command line, where ``ps`` and the run logs would show it.
+_MANAGED_FLAGS = {
+    "--model": "the spec's model and weights",
+    "--model-path": "the spec's model and weights",
+    "--served-model-name": "engine.served_model_name",
+    "--host": "access.public",
+    "--port": "access.port",
+    "--api-key": "access.api_key_secret (the key reaches the engine through its environment)",
+    "--tensor-parallel-size": "engine.tensor_parallel_size",
+    "-tp": "engine.tensor_parallel_size",
+    "--tp": "engine.tensor_parallel_size",
+    "--pipeline-parallel-size": "engine.pipeline_parallel_size",
+    "-pp": "engine.pipeline_parallel_size",
+    "--max-model-len": "engine.max_model_len",
+    "--context-length": "engine.max_model_len",
+    "--gpu-memory-utilization": "engine.gpu_memory_utilization",
+    "--mem-fraction-static": "engine.gpu_memory_utilization",
+}
+_SECRET_ENV = {"VLLM_API_KEY", "OPENAI_API_KEY", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSpec(_Strict):
+    kind: EngineKind = Field("vllm", description="Serving engine.")
+    served_model_name: str | None = Field(
+        None, description="Name clients send as `model`; defaults to the model id."
+    )
+    max_model_len: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Context length; defaults to the model's."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of accelerator memory the engine may use."
+    )
+    tensor_parallel_size: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Defaults to the accelerators per node."
+    )
+    pipeline_parallel_size: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Defaults to the number of nodes."
+    )
+    enable_chunked_prefill: bool = True
+    dtype: str = Field("auto", description="Weight dtype passed to the engine.")
+    min_kv_sequences: int = Field(
+        1, gt=0, description="Full-length sequences the KV cache must hold (fit check)."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="More engine flags.")
+    env: dict[str, str] = Field(default_factory=dict, description="More engine environment.")
+    image: str | None = Field(None, description="Container image on cloud hosts.")
+    version: str | None = Field(None, description="Engine version on cloud hosts.")
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, args: list[str]) -> list[str]:
+        for arg in args:
+            flag = arg.split("=", 1)[0]
+            if flag in _MANAGED_FLAGS:
+                raise ValueError(f"{flag} is set by ServeNest; use {_MANAGED_FLAGS[flag]} instead")
+        return args
+
+    @field_validator("env")
+    @classmethod
+    def _no_secret_env(cls, env: dict[str, str]) -> dict[str, str]:
+        leaked = sorted(_SECRET_ENV & set(env))
+        if leaked:
+            raise ValueError(f"{', '.join(leaked)} must not be set in clear; keys come from Secret blocks")
+        return env
+
+
+class WeightsSpec(_Strict):
+    source: Literal["builtin", "local", "modelscope", "huggingface", "oss"] = Field(
+        "modelscope", description="Where the weights come from."
+    )
+    path: str | None = Field(None, description="Directory, for source=local.")
+    repo_id: str | None = Field(None, description="Hub repository; defaults to the model id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    oss_uri: str | None = Field(None, description="oss://bucket/prefix, for source=oss.")
+    verify: Literal["quick", "full"] = Field(
+        "quick", description="quick: sizes against the manifest; full: sha256 of every file."
+    )
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> WeightsSpec:
+        if self.source == "local" and not self.path:
+            raise ValueError("weights.path is required when weights.source is 'local'")
+        if self.source == "oss":
+            if not self.oss_uri or not re.match(r"^oss://[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$", self.oss_uri):
+                raise ValueError("weights.oss_uri must look like oss://bucket-name/prefix")
+        return self
+
+
+class AccessSpec(_Strict):
+    api_key_secret: str = Field(
+        ..., description="Name of the Prefect Secret block that holds the API key."
+    )
+    public: bool = Field(False, description="Expose the endpoint beyond the private network.")
+    allowed_cidrs: list[str] = Field(
+        default_factory=list, description="Source CIDRs allowed to reach the endpoint."
+    )
+    port: int = Field(8000, ge=1024, le=65535, description="Port the endpoint listens on.")
+
+    @field_validator("allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        out = []
+        for cidr in cidrs:
+            try:
+                out.append(str(ipaddress.ip_network(cidr, strict=True)))
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a valid CIDR ({exc})") from None
+        return out
+
+    @model_validator(mode="after")
+    def _public_needs_cidrs(self) -> AccessSpec:
+        if self.public and not self.allowed_cidrs:
+            raise ValueError(
+                "access.public needs access.allowed_cidrs; write 0.0.0.0/0 explicitly "
+                "to open the endpoint to the whole internet"
+            )
+        return self
+
+
+class CloudSpec(_Strict):
+    region: str = Field("cn-hangzhou", description="Alibaba Cloud region id.")
+    zones: list[str] = Field(default_factory=list, description="Candidate zones, in order.")
+    instance_types: list[str] = Field(
+        default_factory=list, description="Candidate ECS instance types, in order."
+    )
+    nodes: int = Field(1, ge=1, le=16, description="Instances or pod groups in one replica.")
+    gpu_kind: str | None = Field(None, description="ACK/ACS GPU kind (A10, H20, PPU...).")
+    gpus_per_node: int | None = Field(None, ge=1, le=16, description="ACK/ACS GPUs per pod.")
+    image: str | None = Field(None, description="ECS image id or family.")
+    system_disk_gb: int = Field(200, ge=20, le=32768, description="System disk size.")
+    disk_category: str = Field("cloud_essd", description="ECS disk category.")
+    bandwidth_mbps: int = Field(0, ge=0, le=1000, description="Public bandwidth; 0 = none.")
+    credentials_block: str = Field(
+        "default", description="AlibabaCloudCredentials block name."
+    )
+    cluster_id: str | None = Field(None, description="Existing ACK/ACS cluster id.")
+    vpc_id: str | None = None
+    vswitch_id: str | None = None
+    security_group_id: str | None = None
+    hourly_budget: float | None = Field(None, gt=0, description="Refuse to go on above this.")
+
+
+class LocalSpec(_Strict):
+    engine_python: str | None = Field(
+        None,
+        description="Python that has the engine installed (a CUDA host's own vLLM); "
+        "default: the managed CPU environment.",
+    )
+    cpu_kvcache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU engine.")
+    stop_grace_s: float = Field(15.0, gt=0, description="TERM-to-KILL grace period at teardown.")
+
+
+class HealthSpec(_Strict):
+    deadline_s: float | None = Field(
+        None, gt=0, description="Whole-gate deadline; default scales with the weight size."
+    )
+    poll_interval_s: float = Field(0.1, gt=0, le=10, description="Readiness poll interval.")
+    prompt: str = Field("Say hello in one word.", description="Prompt of the gate's completion.")
+    max_tokens: int = Field(8, ge=1, le=256, description="Tokens the gate asks for.")
+
+
+class BenchmarkSpec(_Strict):
+    enabled: bool = Field(False, description="Run the benchmark as provision's last gate.")
+    requests: int = Field(16, ge=1, description="Requests in the load check.")
+    concurrency: int = Field(4, ge=1, description="Concurrent requests in the load check.")
+    max_tokens: int = Field(16, ge=1, description="Output tokens per load-check request.")
+    slo_p99_ttft_ms: float | None = Field(None, gt=0)
+    slo_p99_tpot_ms: float | None = Field(None, gt=0)
+    min_output_throughput: float | None = Field(None, gt=0)
+
+
+class DeploymentSpec(_Strict):
+    name: str = Field(..., description="Deployment name: lowercase letters, digits, dashes.")
+    model: str = Field(..., description="Catalog model id, e.g. Qwen/Qwen3-8B.")
+    model_facts: ModelInfo | None = Field(
+        None, description="Architecture facts for a model outside the catalog."
+    )
+    topology: Topology = "local"
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    weights: WeightsSpec = Field(default_factory=WeightsSpec)
+    access: AccessSpec
+    cloud: CloudSpec = Field(default_factory=CloudSpec)
+    local: LocalSpec = Field(default_factory=LocalSpec)
+    health: HealthSpec = Field(default_factory=HealthSpec)
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(
+                "must be 1-40 lowercase letters, digits or dashes, starting and ending "
+                "with a letter or digit"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentSpec:
+        if self.model_facts is None:
+            try:
+                get_model(self.model)
+            except SpecError as exc:
+                raise ValueError(str(exc)) from None
+        elif self.model_facts.id != self.model:
+            raise ValueError("model_facts.id must equal model")
+        if self.weights.source == "builtin" and self.model != BUILTIN_MODEL:
+            raise ValueError(f"weights.source 'builtin' only provides {BUILTIN_MODEL}")
+        if self.model == BUILTIN_MODEL and self.weights.source != "builtin":
+            raise ValueError(f"{BUILTIN_MODEL} is generated locally; set weights.source: builtin")
+        if self.topology != "local" and self.weights.source in ("builtin", "local"):
+            raise ValueError(
+                f"topology {self.topology} runs on cloud hosts; weights.source must be "
+                "modelscope, huggingface or oss"
+            )
+        if self.topology in ("ecs-single", "ecs-dual") and not self.cloud.instance_types:
+            raise ValueError(f"topology {self.topology} needs cloud.instance_types")
+        if self.topology == "ecs-dual" and self.cloud.nodes != 2:
+            raise ValueError("topology ecs-dual runs on exactly 2 instances (cloud.nodes: 2)")
+        if self.topology == "ecs-single" and self.cloud.nodes != 1:
+            raise ValueError("topology ecs-single runs on 1 instance (cloud.nodes: 1)")
+        if self.topology == "ack" and not (self.cloud.gpu_kind and self.cloud.gpus_per_node):
+            raise ValueError("topology ack needs cloud.gpu_kind and cloud.gpus_per_node")
+        if self.engine.max_model_len and self.engine.max_model_len > self.model_info.context_length:
+            raise ValueError(
+                f"engine.max_model_len {self.engine.max_model_len} exceeds {self.model}'s "
+                f"context length {self.model_info.context_length}"
+            )
+        return self
+
+    # -- derived values ---------------------------------------------------------------
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.model_facts or get_model(self.model)
+
+    @property
+    def served_model_name(self) -> str:
+        return self.engine.served_model_name or self.model
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len or self.model_info.context_length
+
+    @property
+    def weights_repo(self) -> str:
+        info = self.model_info
+        if self.weights.repo_id:
+            return self.weights.repo_id
+        if self.weights.source == "huggingface":
+            return info.huggingface_id or self.model
+        return info.modelscope_id or self.model
+
+    def with_engine(self, **changes: Any) -> DeploymentSpec:
+        """A copy with engine fields changed, validated like a fresh spec."""
+        data = self.model_dump(mode="json")
+        data["engine"].update(changes)
+        return load_spec_data(data)
+
+
+def load_spec_data(data: Any, *, origin: str = "spec") -> DeploymentSpec:
+    if isinstance(data, DeploymentSpec):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: expected a mapping of spec fields, got {type(data).__name__}")
+    try:
+        return DeploymentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{origin} is invalid:\n{format_validation_error(exc)}") from None
+
+
+def load_spec_file(path: str | Path) -> DeploymentSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path} is not valid YAML: {exc}") from None
+    return load_spec_data(data, origin=str(path))
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)

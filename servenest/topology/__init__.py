@@ -1,0 +1,29 @@
+"""Topology implementations, looked up by the spec's ``topology`` field."""
+
+from __future__ import annotations
+
+from servenest.commands import CommandRunner, subprocess_runner
+from servenest.errors import TopologyNotAvailableError
+from servenest.spec import DeploymentSpec
+from servenest.state import DeploymentState
+from servenest.topology.base import Endpoint, EngineStatus, StagedWeights, Topology
+from servenest.topology.local import LocalTopology
+
+TOPOLOGIES: dict[str, type[Topology]] = {LocalTopology.name: LocalTopology}
+
+
+def open_topology(
+    spec: DeploymentSpec, state: DeploymentState | None = None,
+    run: CommandRunner = subprocess_runner,
+) -> Topology:
+    try:
+        cls = TOPOLOGIES[spec.topology]
+    except KeyError:
+        raise TopologyNotAvailableError(
+            f"topology {spec.topology!r} validates, fits and plans, but this version can only "
+            f"bring up: {', '.join(TOPOLOGIES)}"
+        ) from None
+    return cls(spec, state, run)
+
+
+__all__ = ["Endpoint", "EngineStatus", "StagedWeights", "Topology", "open_topology"]

@@ -1,0 +1,93 @@
+"""The one interface every topology implements.
+
+The flows call these methods in the same order for every topology and never branch on
+which one it is (SkyPilot's ``sky/provision`` has the same shape: one small interface,
+one implementation per cloud).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from servenest.commands import CommandRunner, subprocess_runner
+from servenest.engines import EngineAdapter, adapter_for
+from servenest.spec import DeploymentSpec
+from servenest.state import DeploymentState, load_state, save_state
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    served_model_name: str
+    public: bool
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    running: bool
+    exit_code: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StagedWeights:
+    location: str
+    files: int
+    bytes: int
+    digest: str
+    reused: bool
+
+
+class Topology(ABC):
+    name: ClassVar[str]
+
+    def __init__(
+        self, spec: DeploymentSpec, state: DeploymentState | None = None,
+        run: CommandRunner = subprocess_runner,
+    ):
+        self.spec = spec
+        self.state = state or load_state(spec.name) or DeploymentState(spec.name, self.name)
+        self.run = run
+
+    @property
+    def engine(self) -> EngineAdapter:
+        return adapter_for(self.spec)
+
+    def save(self) -> None:
+        # The spec travels with the state so that teardown needs nothing else.
+        self.state.spec = self.spec.model_dump(mode="json")
+        save_state(self.state)
+
+    @abstractmethod
+    def plan(self) -> dict:
+        """What provision and launch would create and run, touching nothing."""
+
+    @abstractmethod
+    def provision(self) -> dict:
+        """Create (or find) the machines and the engine runtime; idempotent."""
+
+    @abstractmethod
+    def stage_weights(self) -> StagedWeights:
+        """Put verified weights where the engine reads them; skip a verified copy."""
+
+    @abstractmethod
+    def launch(self, api_key: str) -> dict:
+        """Start the engine, replacing one already running for this deployment."""
+
+    @abstractmethod
+    def endpoint(self) -> Endpoint:
+        """Where clients reach the engine."""
+
+    @abstractmethod
+    def logs(self, lines: int = 40) -> list[str]:
+        """The engine's last log lines."""
+
+    @abstractmethod
+    def status(self) -> EngineStatus:
+        """Whether the engine process is running."""
+
+    @abstractmethod
+    def teardown(self) -> dict:
+        """Remove what this deployment created; safe to run twice."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: small, named for what they do, each a thin call into ``servenest``."""

@@ -1,0 +1,41 @@
+"""The staged health gate against a launched endpoint."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
+
+from servenest.health import GateReport, GateTarget, default_deadline_s, run_gate
+from servenest.topology import Topology
+
+
+def gate_target(topology: Topology, api_key: SecretStr, watch_process: bool = True) -> GateTarget:
+    ep = topology.endpoint()
+
+    def is_alive() -> tuple[bool, int | None]:
+        st = topology.status()
+        return st.running, st.exit_code
+
+    return GateTarget(
+        base_url=ep.base_url, served_model_name=ep.served_model_name,
+        api_key=api_key.get_secret_value(), engine=topology.engine,
+        is_alive=is_alive if watch_process else None, log_tail=lambda: topology.logs(30),
+    )
+
+
+def gate_deadline(topology: Topology) -> float:
+    spec = topology.spec
+    return spec.health.deadline_s or default_deadline_s(spec.model_info.weight_gb)
+
+
+@task(name="gate-endpoint", cache_policy=NO_CACHE)
+def gate_endpoint(topology: Topology, api_key: SecretStr) -> GateReport:
+    h = topology.spec.health
+    report = run_gate(
+        gate_target(topology, api_key), deadline_s=gate_deadline(topology),
+        poll_s=h.poll_interval_s, prompt=h.prompt, max_tokens=h.max_tokens,
+    )
+    for stage in report.stages:
+        get_run_logger().info("gate: %-30s %6.2f s  %s", stage.name, stage.seconds, stage.detail)
+    return report

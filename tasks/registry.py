@@ -1,0 +1,70 @@
+"""The endpoint registry: one ServeNestEndpoint block per deployment name."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.endpoint import ServeNestEndpoint
+from servenest.errors import NotRegisteredError
+from servenest.health import GateReport
+from servenest.spec import DeploymentSpec, load_spec_data
+from servenest.state import DeploymentState
+from servenest.topology import Topology
+
+
+def find_endpoint(name: str) -> ServeNestEndpoint | None:
+    try:
+        return ServeNestEndpoint.load(name)
+    except ValueError as exc:
+        if "Unable to find block document" in str(exc):
+            return None
+        raise
+
+
+def registered(name: str) -> tuple[ServeNestEndpoint, DeploymentSpec, DeploymentState]:
+    block = find_endpoint(name)
+    if block is None:
+        raise NotRegisteredError(
+            f"no endpoint is registered as {name!r}; `servenest status` lists the live ones"
+        )
+    return block, load_spec_data(block.spec, origin=f"registered spec of {name}"), \
+        DeploymentState.from_dict(block.state)
+
+
+@task(name="register-endpoint", cache_policy=NO_CACHE)
+def register_endpoint(topology: Topology, gate: GateReport) -> ServeNestEndpoint:
+    ep = topology.endpoint()
+    spec = topology.spec
+    block = ServeNestEndpoint(
+        deployment=spec.name, topology=spec.topology, base_url=ep.base_url,
+        served_model_name=ep.served_model_name, api_key_secret=spec.access.api_key_secret,
+        spec=spec.model_dump(mode="json"), state=topology.state.to_dict(),
+        registered_at=time.time(), last_gate=_gate_record(gate),
+    )
+    block.save(spec.name, overwrite=True)
+    return block
+
+
+@task(name="record-gate", cache_policy=NO_CACHE)
+def record_gate(name: str, gate: GateReport) -> None:
+    block = find_endpoint(name)
+    if block is not None:
+        block.last_gate = _gate_record(gate)
+        block.save(name, overwrite=True)
+
+
+@task(name="forget-endpoint", cache_policy=NO_CACHE)
+def forget_endpoint(name: str) -> bool:
+    if find_endpoint(name) is None:
+        return False
+    ServeNestEndpoint.delete(name)
+    return True
+
+
+def _gate_record(gate: GateReport) -> dict:
+    return {"passed": gate.passed, "at": gate.passed_at or time.time(),
+            "stages": [asdict(s) for s in gate.stages], "ttft_ms": gate.ttft_ms}
