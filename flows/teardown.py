@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from servenest.spec import load_spec_data
-from servenest.state import DeploymentState, delete_state, load_state
+from servenest.state import DeploymentState, load_state
 from servenest.topology import open_topology
 from tasks.infrastructure import teardown_deployment
 from tasks.registry import find_endpoint, forget_endpoint
@@ -32,5 +32,4 @@ def teardown(name: str) -> dict:
                              run=prefect_shell_runner)
     result = teardown_deployment(topology)
     forget_endpoint(name)
-    delete_state(name)
     return {"deployment": name, "torn_down": True, **result}

@@ -10,6 +10,7 @@ its last log lines, instead of at the deadline.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -83,7 +84,7 @@ class _Gate:
             return
         alive, code = self.t.is_alive()
         if not alive:
-            lines = "\n".join(self.t.log_tail())
+            lines = "\n".join(log_excerpt(self.t.log_tail()))
             raise EngineExitedError(
                 f"the engine process exited (code {code}) before the gate passed; "
                 f"last log lines:\n{lines}"
@@ -94,7 +95,7 @@ class _Gate:
 
     def _fail(self, stage: str, started: float, detail: str) -> GateFailedError:
         self.report.stages.append(StageResult(stage, False, time.monotonic() - started, detail))
-        tail = "\n".join(self.t.log_tail()[-20:])
+        tail = "\n".join(log_excerpt(self.t.log_tail()))
         msg = f"health gate failed at '{stage}': {detail}"
         if tail:
             msg += f"\nlast engine log lines:\n{tail}"
@@ -239,6 +240,17 @@ class _StageFailure(Exception):
 
 class _Retry(Exception):
     """Not yet; poll again."""
+
+
+_ERROR_LINE = re.compile(r"Error|error:|Traceback|Exception|CRITICAL")
+
+
+def log_excerpt(lines: list[str], last: int = 12, errors: int = 6) -> list[str]:
+    """The last lines, plus earlier lines that name an error (an argparse usage dump or a
+    long traceback would otherwise push the one line that matters out of view)."""
+    head, tail = lines[:-last], lines[-last:]
+    flagged = [line for line in head if _ERROR_LINE.search(line)][-errors:]
+    return ([*flagged, "..."] if flagged else []) + tail
 
 
 def parse_metrics(text: str) -> dict[str, float]:

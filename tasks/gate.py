@@ -20,7 +20,7 @@ def gate_target(topology: Topology, api_key: SecretStr, watch_process: bool = Tr
     return GateTarget(
         base_url=ep.base_url, served_model_name=ep.served_model_name,
         api_key=api_key.get_secret_value(), engine=topology.engine,
-        is_alive=is_alive if watch_process else None, log_tail=lambda: topology.logs(30),
+        is_alive=is_alive if watch_process else None, log_tail=lambda: topology.logs(200),
     )
 
 

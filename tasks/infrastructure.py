@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from servenest.state import delete_state
 from servenest.topology import Topology
 from tasks.retry import transient_only
 
@@ -21,5 +22,7 @@ def provision_infrastructure(topology: Topology) -> dict:
       retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
 def teardown_deployment(topology: Topology) -> dict:
     result = topology.teardown()
+    # Only once everything is gone: a teardown that failed half-way must still find it.
+    delete_state(topology.spec.name)
     get_run_logger().info("tore down %s: %s", topology.spec.name, result)
     return result

@@ -175,10 +175,14 @@ class LocalTopology(Topology):
         pid = self.state.engine.get("pid")
         if pid is None:
             return EngineStatus(False, detail="not launched")
+        # Members first: a process that exits in between then shows as exited, with its code.
+        members = process.group_members(self.state.engine["pgid"], self.spec.name)
         st = process.state(pid)
-        if st.alive and not process.group_members(self.state.engine["pgid"], self.spec.name):
+        if not st.alive:
+            return EngineStatus(False, st.exit_code, f"pid {pid} exited")
+        if not members:
             return EngineStatus(False, detail=f"pid {pid} is not this deployment's engine")
-        return EngineStatus(st.alive, st.exit_code, f"pid {pid}")
+        return EngineStatus(True, None, f"pid {pid}")
 
     def teardown(self) -> dict:
         stopped = self._stop_engine()
