@@ -7,6 +7,7 @@ SERVENEST_MODELS_DIR pointing into its own tmp_path, so nothing touches ~/.serve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -109,8 +110,6 @@ def process_groups():
     yield started
     for proc in started:
         if proc.poll() is None:  # not reaped, so its pid (and group id) is still ours
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=10)

@@ -1,0 +1,122 @@
+"""servenest/cli.py: the commands that need no Prefect server (validate, plan, catalog, deployments)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from servenest import cli
+from servenest.catalog import MODELS
+from servenest.cli import main
+
+from .conftest import REPO_ROOT
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+
+
+def test_validate_local_tiny_prints_the_fit_summary(in_repo, capsys):
+    assert main(["validate", "deployments/local-tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("deployments/local-tiny.yaml: ok: servenest/tiny-qwen2 on this machine (CPU engine)")
+    assert "GiB usable" in out and "TP 1 x PP 1" in out
+
+
+def test_validate_several_files(tmp_path, spec_dict, capsys):
+    paths = []
+    for name in ("one", "two"):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(spec_dict("ecs", name=name)))
+        paths.append(str(p))
+    assert main(["validate", *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == paths
+
+
+def test_plan_json_is_one_object_with_the_sections(in_repo, capsys):
+    assert main(["plan", "deployments/local-tiny.yaml", "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)  # the whole output is one JSON document
+    assert {"spec", "fit", "launch", "endpoint"} <= set(plan)
+    assert plan["spec"]["name"] == "local-tiny"
+    assert plan["endpoint"] == "http://127.0.0.1:8000/v1"
+    assert plan["fit"][0]["summary"].startswith("servenest/tiny-qwen2 on this machine")
+    assert "VLLM_API_KEY='<from Secret block local-tiny-api-key>'" in plan["launch"]
+
+
+def test_plan_text_has_a_section_per_key(in_repo, capsys):
+    assert main(["plan", "deployments/local-tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    for section in ("== spec", "== fit", "== launch", "== endpoint"):
+        assert section in out
+
+
+def test_plan_of_a_cloud_topology_says_what_is_missing(tmp_path, spec_dict, capsys):
+    p = tmp_path / "qwq.yaml"
+    p.write_text(yaml.safe_dump(spec_dict("ecs")))
+    assert main(["plan", str(p), "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fit"][0]["tensor_parallel_size"] == 8
+    assert "ecs-single" in plan["topology"]
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_malformed_spec_file_exits_2_naming_the_file(tmp_path, capsys, command):
+    bad = tmp_path / "malformed.yaml"
+    bad.write_text("name: x\nmodel: [unclosed\n")
+    assert main([command, str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("servenest: error:")
+    assert str(bad) in captured.err
+    assert captured.out == ""
+
+
+def test_invalid_spec_exits_2_with_the_field_path(tmp_path, spec_dict, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec_dict(engine={"extra_args": ["--api-key", "sk-x"]})))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "engine.extra_args" in err and str(bad) in err
+
+
+def test_spec_that_does_not_fit_exits_2(tmp_path, spec_dict, capsys):
+    p = tmp_path / "too-big.yaml"
+    p.write_text(yaml.safe_dump(spec_dict("ecs", cloud={"instance_types": ["ecs.gn7i-c8g1.2xlarge"]})))
+    assert main(["validate", str(p)]) == 2
+    assert "does not fit" in capsys.readouterr().err
+
+
+def test_catalog_lists_every_model(capsys):
+    assert main(["catalog"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(rows) == set(MODELS)
+    assert rows["Qwen/Qwen3-235B-A22B"].endswith("768 GiB")
+    assert rows["Qwen/QwQ-32B"].rstrip().endswith("-")
+
+
+def test_deployments_check_passes_on_the_repo_as_committed(capsys):
+    assert main(["deployments", "--check"]) == 0
+    assert "prefect.yaml matches deployments/" in capsys.readouterr().out
+
+
+def test_deployments_check_fails_when_prefect_yaml_is_stale(tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "deployments", repo / "deployments")
+    (repo / "prefect.yaml").write_text((REPO_ROOT / "prefect.yaml").read_text() + "# edited\n")
+    monkeypatch.setattr(cli, "REPO_ROOT", repo)
+    assert main(["deployments", "--check"]) == 2
+    assert "stale" in capsys.readouterr().err
+    assert main(["deployments", "--write"]) == 0
+    assert main(["deployments", "--check"]) == 0
+    assert (repo / "prefect.yaml").read_text() == (REPO_ROOT / "prefect.yaml").read_text()
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2

@@ -1,0 +1,92 @@
+"""servenest/prefect_yaml.py: prefect.yaml is generated from deployments/*.yaml."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+import yaml
+
+from servenest.errors import SpecError
+from servenest.prefect_yaml import WORK_POOL, render, spec_files
+from servenest.spec import load_spec_data, load_spec_file
+
+from .conftest import DEPLOYMENTS_DIR, REPO_ROOT
+
+ENTRYPOINTS = {
+    "flows/provision.py:provision": "provision",
+    "flows/launch.py:launch": "launch",
+    "flows/health_gate.py:health_gate": "health-gate",
+    "flows/teardown.py:teardown": "teardown",
+}
+
+
+def flow_name(entrypoint: str) -> str | None:
+    """The name given to @flow(name=...) on the entrypoint's function, read without importing."""
+    path, func = entrypoint.split(":")
+    tree = ast.parse((REPO_ROOT / path).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "flow":
+                    for kw in deco.keywords:
+                        if kw.arg == "name":
+                            return kw.value.value
+    return None
+
+
+@pytest.mark.parametrize("entrypoint, name", sorted(ENTRYPOINTS.items()))
+def test_entrypoints_are_flows_with_the_names_the_readme_uses(entrypoint, name):
+    assert flow_name(entrypoint) == name
+
+
+def test_render_has_four_deployments_per_spec_file():
+    doc = yaml.safe_load(render(DEPLOYMENTS_DIR))
+    assert doc["name"] == "servenest"
+    files = spec_files(DEPLOYMENTS_DIR)
+    assert files
+    for path in files:
+        spec = load_spec_file(path)
+        entries = [d for d in doc["deployments"] if d["name"] == spec.name]
+        assert sorted(d["entrypoint"] for d in entries) == sorted(ENTRYPOINTS)
+        for d in entries:
+            assert d["work_pool"] == {"name": WORK_POOL}
+            assert d["tags"] == ["servenest", spec.topology]
+        by_entry = {d["entrypoint"]: d for d in entries}
+        provision = by_entry["flows/provision.py:provision"]
+        # The spec parameter validates back to exactly the file's spec.
+        assert load_spec_data(provision["parameters"]["spec"]) == spec
+        assert by_entry["flows/launch.py:launch"]["parameters"] == {"name": spec.name, "engine": {}}
+        assert by_entry["flows/health_gate.py:health_gate"]["parameters"] == {"name": spec.name}
+        assert by_entry["flows/teardown.py:teardown"]["parameters"] == {"name": spec.name}
+    assert len(doc["deployments"]) == 4 * len(files)
+
+
+def test_committed_prefect_yaml_equals_render():
+    assert (REPO_ROOT / "prefect.yaml").read_text() == render(DEPLOYMENTS_DIR)
+
+
+def test_render_of_another_directory(tmp_path, spec_dict):
+    (tmp_path / "b-second.yaml").write_text(yaml.safe_dump(spec_dict("ecs", name="second")))
+    (tmp_path / "a-first.yaml").write_text(yaml.safe_dump(spec_dict(name="first")))
+    (tmp_path / "_draft.yaml").write_text("not: [a spec")  # drafts are skipped
+    (tmp_path / "notes.txt").write_text("ignored")
+    text = render(tmp_path)
+    doc = yaml.safe_load(text)
+    assert [d["name"] for d in doc["deployments"]] == ["first"] * 4 + ["second"] * 4
+    assert "&id" not in text and "*id" not in text  # no YAML aliases
+    assert text == render(tmp_path)  # deterministic
+
+
+def test_render_keeps_only_what_the_file_sets(tmp_path, spec_dict):
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(spec_dict()))
+    doc = yaml.safe_load(render(tmp_path))
+    assert doc["deployments"][0]["parameters"]["spec"] == spec_dict()
+
+
+def test_render_refuses_an_invalid_spec_naming_the_file(tmp_path, spec_dict):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec_dict(engine={"extra_args": ["--port", "1"]})))
+    with pytest.raises(SpecError) as info:
+        render(tmp_path)
+    assert str(bad) in str(info.value)
