@@ -11,7 +11,13 @@ import pytest
 
 from servenest.engines import VLLM
 from servenest.errors import EngineExitedError, GateFailedError
-from servenest.health import GateTarget, default_deadline_s, parse_metrics, run_gate
+from servenest.health import (
+    GateTarget,
+    default_deadline_s,
+    log_excerpt,
+    parse_metrics,
+    run_gate,
+)
 
 KEY = "sk-unit-test-key-0123456789"
 STAGES = [
@@ -294,3 +300,44 @@ def test_failure_message_carries_the_log_tail(fake):
     fake.served = []
     err = failed_gate(fake.target(log_tail=lambda: ["engine line 1", "engine line 2"]))
     assert "last engine log lines:\nengine line 1\nengine line 2" in str(err)
+
+
+# -- log_excerpt --------------------------------------------------------------------------------------
+def test_log_excerpt_keeps_earlier_error_lines_before_the_tail():
+    lines = ["INFO start", "Traceback (most recent call last):", "ValueError: bad --max-model-len"]
+    lines += [f"INFO noise {i}" for i in range(50)]
+    excerpt = log_excerpt(lines, last=5)
+    assert excerpt[:3] == ["Traceback (most recent call last):", "ValueError: bad --max-model-len", "..."]
+    assert excerpt[3:] == [f"INFO noise {i}" for i in range(45, 50)]
+
+
+def test_log_excerpt_without_errors_is_just_the_tail():
+    lines = [f"INFO {i}" for i in range(30)]
+    assert log_excerpt(lines, last=12) == lines[-12:]
+    assert log_excerpt(["one", "two"]) == ["one", "two"]
+    assert log_excerpt([]) == []
+
+
+def test_log_excerpt_caps_the_error_lines():
+    lines = [f"RuntimeError: problem {i}" for i in range(20)] + ["INFO last"]
+    excerpt = log_excerpt(lines, last=1, errors=3)
+    assert excerpt == [f"RuntimeError: problem {i}" for i in (17, 18, 19)] + ["...", "INFO last"]
+
+
+def test_log_excerpt_keeps_vllm_error_level_lines():
+    # vLLM's log lines read "(Process pid=N) LEVEL MM-DD HH:MM:SS [file:line] message"; its
+    # ERROR lines (like its CRITICAL ones) must survive a long tail.
+    failed = "(EngineCore pid=8017) ERROR 11-21 05:43:22 [core.py:1043] EngineCore failed to start."
+    lines = ["(APIServer pid=8005) INFO 11-21 05:42:54 [api_server.py:1] vLLM API server", failed]
+    lines += [f"(APIServer pid=8005) INFO 11-21 05:43:23 [loader.py:9] noise {i}" for i in range(20)]
+    assert failed in log_excerpt(lines)
+
+
+def test_gate_failure_shows_an_early_error_pushed_out_by_a_long_log(fake):
+    fake.served = []
+    log = ["usage: api_server.py [-h] ...", "api_server.py: error: unrecognized arguments: --bogus"]
+    log += [f"INFO line {i}" for i in range(100)]
+    err = failed_gate(fake.target(log_tail=lambda: log))
+    assert "error: unrecognized arguments: --bogus" in str(err)
+    assert "INFO line 99" in str(err)
+    assert "INFO line 10\n" not in str(err)

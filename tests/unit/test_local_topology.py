@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from servenest import paths
+from servenest import paths, process
 from servenest.errors import PortInUseError, WeightsError
 from servenest.manifest import MANIFEST_NAME
 from servenest.spec import load_spec_file
 from servenest.state import DeploymentState, load_state, state_path
-from servenest.topology import open_topology
+from servenest.topology import EngineStatus, open_topology
 from servenest.topology.local import LocalTopology, download_commands
 
 from .conftest import LOCAL_TINY
@@ -242,4 +242,65 @@ def test_status_and_teardown_of_a_deployment_never_launched(make_spec):
     t = topology(make_spec())
     assert t.status().running is False and t.status().detail == "not launched"
     assert t.logs() == []
+    assert t.teardown()["stopped"] is False
+
+
+# -- status and teardown of a process group (a stand-in for the engine, never vLLM) -----------------
+def stand_in_engine(spec, tmp_path, process_groups, script="sleep 300", mark=True):
+    env = {"PATH": os.environ.get("PATH", os.defpath)}
+    if mark:
+        env[process.MARK_ENV] = spec.name
+    log = tmp_path / "engine.log"
+    proc = process.start_group(["bash", "-c", script], env, log)
+    process_groups.append(proc)
+    t = topology(spec)
+    t.state.engine = {"pid": proc.pid, "pgid": proc.pid, "log": str(log),
+                      "host": "127.0.0.1", "port": spec.access.port}
+    return t, proc
+
+
+def wait_until(predicate, timeout=5.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_status_of_a_running_engine(make_spec, tmp_path, process_groups):
+    spec = make_spec()
+    t, proc = stand_in_engine(spec, tmp_path, process_groups)
+    assert t.status() == EngineStatus(True, None, f"pid {proc.pid}")
+
+
+def test_status_of_an_exited_engine_carries_its_exit_code(make_spec, tmp_path, process_groups):
+    spec = make_spec()
+    t, proc = stand_in_engine(spec, tmp_path, process_groups, script="echo boom; exit 7")
+    assert wait_until(lambda: not t.status().running)
+    st = t.status()
+    assert (st.running, st.exit_code) == (False, 7)
+    assert "exited" in st.detail
+    assert t.logs() == ["boom"]
+
+
+def test_status_of_a_pid_without_the_mark_is_not_ours(make_spec, tmp_path, process_groups):
+    spec = make_spec()
+    t, proc = stand_in_engine(spec, tmp_path, process_groups, mark=False)
+    st = t.status()
+    assert st.running is False and "not this deployment's engine" in st.detail
+
+
+def test_teardown_stops_the_engine_group_and_is_safe_twice(make_spec, tmp_path, process_groups,
+                                                           listening_socket):
+    sock, port = listening_socket
+    sock.close()
+    spec = make_spec(access={"port": port}, local={"stop_grace_s": 2})
+    t, proc = stand_in_engine(spec, tmp_path, process_groups, script="sleep 300 & wait")
+    assert wait_until(lambda: len(process.group_members(proc.pid, spec.name)) == 2)
+    first = t.teardown()
+    assert first["stopped"] is True and first["signalled"] == 2 and first["killed"] == 0
+    assert proc.wait(timeout=5) is not None
+    assert t.state.engine == {}
+    assert load_state(spec.name).engine == {}  # recorded before returning
     assert t.teardown()["stopped"] is False
