@@ -18,6 +18,7 @@ class AlibabaCloudCredentials(Block):
 
     _block_type_name = "Alibaba Cloud Credentials"
     _block_type_slug = "alibaba-cloud-credentials"
+    _documentation_url = "https://www.alibabacloud.com/help/en/ram/user-guide/create-an-accesskey-pair"
     _description = "Access key (or STS token) ServeNest uses for Alibaba Cloud ROS, CS and ECS."
 
     access_key_id: str = Field(..., description="AccessKey ID.")

@@ -18,6 +18,7 @@ class ServeNestEndpoint(Block):
 
     _block_type_name = "ServeNest Endpoint"
     _block_type_slug = "servenest-endpoint"
+    _documentation_url = "https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html"
     _description = "A gated model endpoint and what teardown needs to remove it."
 
     deployment: str = Field(..., description="Deployment name (also this block's name).")

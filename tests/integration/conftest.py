@@ -73,3 +73,15 @@ def make_spec(api_key_secret):
         return DeploymentSpec.model_validate(data)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def engine_python() -> str:
+    """The managed engine environment's python, created here if it is missing."""
+    from servenest.commands import subprocess_runner
+    from servenest.engines import environment
+
+    with environment.creation_lock():
+        if not environment.is_ready():
+            subprocess_runner(environment.create_commands(), None)
+    return str(environment.managed_python())

@@ -114,6 +114,15 @@ def test_health_gate_flow_passes(served):
     assert ServeNestEndpoint.load(NAME).last_gate["passed"] is True
 
 
+def test_status_lists_the_live_deployment(served):
+    from servenest.status import live_deployments
+
+    rows = {r["deployment"]: r for r in live_deployments()}
+    assert rows[NAME]["engine"].startswith("running")
+    assert rows[NAME]["model"] == "tiny"
+    assert rows[NAME]["last_gate"].startswith("passed")
+
+
 def test_wrong_key_fails_the_gate_with_401(served):
     spec, _ = served
     topology = open_topology(spec, load_state(NAME))
