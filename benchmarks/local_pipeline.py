@@ -41,10 +41,9 @@ class HealthProbe(threading.Thread):
 
 
 def one_run(spec) -> dict:
+    from blocks.endpoint import ServeNestEndpoint
     from flows.provision import provision
     from flows.teardown import teardown
-
-    from blocks.endpoint import ServeNestEndpoint
     from servenest.cli import demo_summary
 
     probe = HealthProbe(spec.access.port)

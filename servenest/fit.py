@@ -1,11 +1,11 @@
 """Will the model fit? Checked before anything is created or paid for.
 
 The rule mirrors the one vLLM applies at start-up (the KV cache must hold at least one
-max-length sequence), made before a GPU is rented:
+max-length sequence), made per device before a GPU is rented:
 
-    usable   = devices x memory per device x gpu_memory_utilization
-    required = weights + KV bytes/token x max_model_len x min_kv_sequences
-               + runtime reserve per device (CUDA context, activations, NCCL buffers)
+    usable   = memory per device x gpu_memory_utilization
+    required = weights / (TP x PP) + KV bytes/token/device x max_model_len x min_kv_sequences
+               + runtime reserve (CUDA context, activations, NCCL buffers)
 
 plus the seeds' stated minimum GPU memory, and vLLM's structural rules: tensor
 parallel size divides the attention heads, and TP x PP equals the devices in use.
@@ -62,14 +62,16 @@ class FitReport:
     usable_gib: float
     tensor_parallel_size: int
     pipeline_parallel_size: int
+    devices: int = 1
 
     @property
     def headroom_gib(self) -> float:
         return self.usable_gib - self.required_gib
 
     def summary(self) -> str:
+        where = "per device" if self.devices > 1 else "on the device"
         return (
-            f"{self.model} on {self.hardware}: weights {self.weights_gib:.1f} GiB + KV "
+            f"{self.model} on {self.hardware}, {where}: weights {self.weights_gib:.1f} GiB + KV "
             f"{self.kv_gib:.1f} GiB + runtime {self.reserve_gib:.1f} GiB = "
             f"{self.required_gib:.1f} GiB of {self.usable_gib:.1f} GiB usable "
             f"(TP {self.tensor_parallel_size} x PP {self.pipeline_parallel_size})"
@@ -87,7 +89,7 @@ def host_memory_gib() -> float:
 def hardware_candidates(spec: DeploymentSpec) -> list[Hardware]:
     """The hardware each candidate placement of the spec would run on."""
     util = spec.engine.gpu_memory_utilization
-    if spec.topology == "local" and spec.local.engine_python is None:
+    if spec.topology == "local" and not spec.cloud.gpu_kind:
         return [
             Hardware(
                 label="this machine (CPU engine)", accelerator="CPU", devices_per_node=1,
@@ -96,9 +98,7 @@ def hardware_candidates(spec: DeploymentSpec) -> list[Hardware]:
                 reserve_per_device_gib=CPU_RUNTIME_RESERVE_GIB,
             )
         ]
-    if spec.topology == "ack" or (spec.topology == "local" and spec.cloud.gpu_kind):
-        if not spec.cloud.gpu_kind:
-            raise SpecError("a local GPU host needs cloud.gpu_kind and cloud.gpus_per_node")
+    if spec.topology in ("ack", "local"):  # a local GPU host is described like a pod
         kind = get_gpu_kind(spec.cloud.gpu_kind)
         per_node = spec.cloud.gpus_per_node or 1
         return [
@@ -133,7 +133,22 @@ def parallelism(spec: DeploymentSpec, hw: Hardware) -> tuple[int, int]:
     )
 
 
+def kv_bytes_per_token_per_device(spec: DeploymentSpec, tp: int, pp: int) -> float:
+    """KV-cache bytes one token takes on each device, as vLLM allocates it.
+
+    Pipeline stages split the layers. Tensor parallel ranks split the KV heads, but never
+    below one head per rank (heads are replicated when TP exceeds them), and MLA's
+    latent cache is not split at all: every rank holds all of it.
+    """
+    info = spec.model_info
+    layers = info.num_layers / pp
+    if info.mla_kv_dim is not None:
+        return layers * info.mla_kv_dim * 2
+    return layers * 2 * max(1, info.num_kv_heads // tp) * info.head_dim * 2
+
+
 def check_fit(spec: DeploymentSpec, hw: Hardware) -> FitReport:
+    """Checked per device, because that is where vLLM runs out of memory."""
     info = spec.model_info
     tp, pp = parallelism(spec, hw)
     problems = []
@@ -147,9 +162,10 @@ def check_fit(spec: DeploymentSpec, hw: Hardware) -> FitReport:
             f"TP {tp} x PP {pp} = {tp * pp} does not match the {hw.devices} "
             f"{hw.accelerator} devices of {hw.label}"
         )
-
-    kv_gib = info.kv_bytes_per_token() * spec.max_model_len * spec.engine.min_kv_sequences / GIB
-    reserve = hw.reserve_per_device_gib * hw.devices
+    shards = tp * pp if hw.accelerator != "CPU" else 1
+    tokens = spec.max_model_len * spec.engine.min_kv_sequences
+    kv_gib = kv_bytes_per_token_per_device(spec, tp if hw.accelerator != "CPU" else 1,
+                                           pp if hw.accelerator != "CPU" else 1) * tokens / GIB
     if hw.kv_space_gib is not None:
         # CPU engine: the KV cache is a fixed reservation that must itself hold the sequences.
         if kv_gib > hw.kv_space_gib:
@@ -158,10 +174,13 @@ def check_fit(spec: DeploymentSpec, hw: Hardware) -> FitReport:
                 f"{kv_gib:.2f} GiB of KV cache but local.cpu_kvcache_gib is {hw.kv_space_gib}"
             )
         kv_gib = hw.kv_space_gib
+    weights = info.weight_gib / shards
     report = FitReport(
-        model=info.id, hardware=hw.label, weights_gib=info.weight_gib, kv_gib=kv_gib,
-        reserve_gib=reserve, required_gib=info.weight_gib + kv_gib + reserve,
-        usable_gib=hw.usable_gib, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+        model=info.id, hardware=hw.label, weights_gib=weights, kv_gib=kv_gib,
+        reserve_gib=hw.reserve_per_device_gib,
+        required_gib=weights + kv_gib + hw.reserve_per_device_gib,
+        usable_gib=hw.memory_per_device_gib * hw.utilization, tensor_parallel_size=tp,
+        pipeline_parallel_size=pp, devices=hw.devices,
     )
     if report.required_gib > report.usable_gib:
         problems.append(f"does not fit: {report.summary()}")

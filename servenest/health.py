@@ -242,7 +242,7 @@ class _Retry(Exception):
     """Not yet; poll again."""
 
 
-_ERROR_LINE = re.compile(r"Error|error:|Traceback|Exception|CRITICAL")
+_ERROR_LINE = re.compile(r"Error|error:|\bERROR\b|Traceback|Exception|CRITICAL")
 
 
 def log_excerpt(lines: list[str], last: int = 12, errors: int = 6) -> list[str]:

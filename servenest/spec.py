@@ -43,7 +43,9 @@ _MANAGED_FLAGS = {
     "--gpu-memory-utilization": "engine.gpu_memory_utilization",
     "--mem-fraction-static": "engine.gpu_memory_utilization",
 }
-_SECRET_ENV = {"VLLM_API_KEY", "OPENAI_API_KEY", "ALIBABA_CLOUD_ACCESS_KEY_SECRET"}
+_SECRET_ENV = {
+    "VLLM_API_KEY", "SGLANG_API_KEY", "OPENAI_API_KEY", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+}
 
 
 class _Strict(BaseModel):
@@ -82,6 +84,9 @@ class EngineSpec(_Strict):
     def _no_managed_flags(cls, args: list[str]) -> list[str]:
         for arg in args:
             flag = arg.split("=", 1)[0]
+            # vLLM's parser accepts --api_key as --api-key; so must this check.
+            if flag.startswith("--"):
+                flag = "--" + flag[2:].replace("_", "-")
             if flag in _MANAGED_FLAGS:
                 raise ValueError(f"{flag} is set by ServeNest; use {_MANAGED_FLAGS[flag]} instead")
         return args
@@ -111,9 +116,10 @@ class WeightsSpec(_Strict):
     def _source_fields(self) -> WeightsSpec:
         if self.source == "local" and not self.path:
             raise ValueError("weights.path is required when weights.source is 'local'")
-        if self.source == "oss":
-            if not self.oss_uri or not re.match(r"^oss://[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$", self.oss_uri):
-                raise ValueError("weights.oss_uri must look like oss://bucket-name/prefix")
+        if self.source == "oss" and not (
+            self.oss_uri and re.match(r"^oss://[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$", self.oss_uri)
+        ):
+            raise ValueError("weights.oss_uri must look like oss://bucket-name/prefix")
         return self
 
 
@@ -238,6 +244,8 @@ class DeploymentSpec(_Strict):
             raise ValueError(f"weights.source 'builtin' only provides {BUILTIN_MODEL}")
         if self.model == BUILTIN_MODEL and self.weights.source != "builtin":
             raise ValueError(f"{BUILTIN_MODEL} is generated locally; set weights.source: builtin")
+        if self.topology == "local" and self.weights.source == "oss":
+            raise ValueError("the local topology stages from builtin, local, modelscope or huggingface")
         if self.topology != "local" and self.weights.source in ("builtin", "local"):
             raise ValueError(
                 f"topology {self.topology} runs on cloud hosts; weights.source must be "

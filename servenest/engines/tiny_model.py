@@ -231,9 +231,9 @@ def _check(out_dir: str, ids: dict) -> None:
 
 def generate(out_dir: str, seed: int = 0, force: bool = False) -> str:
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        if not force:
-            raise GenerationError(f"{out_dir} already exists and is not empty (use --force)")
+    occupied = os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir))
+    if occupied and not force:
+        raise GenerationError(f"{out_dir} already exists and is not empty (use --force)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = f"{out_dir}.tmp-{os.getpid()}"

@@ -231,7 +231,8 @@ def download_commands(spec, engine_python: str, root: Path) -> list[str]:
     dest = shlex.quote(str(root))
     if w.source == "builtin":
         return [
-            f"{py} {shlex.quote(str(TINY_MODEL_SCRIPT))} {dest} --seed {TINY_MODEL_SEED}",
+            # Only called when no verified copy is there: replace whatever is.
+            f"{py} {shlex.quote(str(TINY_MODEL_SCRIPT))} {dest} --seed {TINY_MODEL_SEED} --force",
         ]
     bindir = shlex.quote(str(Path(engine_python).parent))
     repo = shlex.quote(spec.weights_repo)

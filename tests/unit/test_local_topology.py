@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from servenest import paths, process
-from servenest.errors import PortInUseError, WeightsError
+from servenest.errors import PortInUseError, SpecError, WeightsError
 from servenest.manifest import MANIFEST_NAME
 from servenest.spec import load_spec_file
 from servenest.state import DeploymentState, load_state, state_path
@@ -164,10 +164,10 @@ def test_download_uses_repo_id_when_given(make_spec, tmp_path):
     assert words[words.index("--model") + 1] == "mirror/Qwen3-8B"
 
 
-def test_oss_weights_cannot_be_staged_locally(make_spec, tmp_path):
-    spec = make_spec(model="Qwen/Qwen3-8B", weights={"source": "oss", "oss_uri": "oss://bucket/qwen"})
-    with pytest.raises(WeightsError, match="oss"):
-        download_commands(spec, ENGINE_PY, tmp_path)
+def test_oss_weights_are_refused_for_the_local_topology_at_validation(make_spec):
+    # Refused when the spec is read, before any step runs.
+    with pytest.raises(SpecError, match="local topology stages from builtin, local, modelscope"):
+        make_spec(model="Qwen/Qwen3-8B", weights={"source": "oss", "oss_uri": "oss://bucket/qwen"})
 
 
 def test_hub_weights_are_staged_under_the_models_dir(make_spec, servenest_home):
