@@ -47,3 +47,16 @@ def test_modelscope_client_is_called_and_its_failure_is_retryable(engine_python,
         LocalTopology(_hub_spec("modelscope")).stage_weights()
     assert "modelscope:Qwen/Qwen3-0.6B" in str(err.value)
     assert is_transient(err.value)
+
+
+def test_a_corrupted_staged_model_is_regenerated(engine_python, make_spec):
+    spec = make_spec("it-restage")
+    topology = LocalTopology(spec)
+    topology.provision()
+    first = topology.stage_weights()
+    assert topology.stage_weights().reused, "a verified copy was not reused"
+    with open(f"{first.location}/model.safetensors", "ab") as fh:
+        fh.write(b"torn write")
+    again = topology.stage_weights()
+    assert not again.reused
+    assert again.digest == first.digest, "regeneration did not restore the same model"
