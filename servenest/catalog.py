@@ -169,36 +169,34 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
 }
 
 
+def _did_you_mean(key: str, known: dict, cutoff: float) -> str:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=cutoff)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
 def get_model(model_id: str) -> ModelInfo:
-    try:
+    if model_id in MODELS:
         return MODELS[model_id]
-    except KeyError:
-        close = difflib.get_close_matches(model_id, list(MODELS), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(
-            f"model {model_id!r} is not in the catalog.{hint} "
-            f"Known models: {', '.join(sorted(MODELS))}. "
-            "For a model outside the catalog, describe it under `model_facts:` in the spec."
-        ) from None
+    raise UnknownModelError(
+        f"model {model_id!r} is not in the catalog.{_did_you_mean(model_id, MODELS, 0.5)} "
+        f"Known models: {', '.join(sorted(MODELS))}. "
+        "For a model outside the catalog, describe it under `model_facts:` in the spec."
+    )
 
 
 def get_instance_type(name: str) -> InstanceType:
-    try:
+    if name in INSTANCE_TYPES:
         return INSTANCE_TYPES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(INSTANCE_TYPES), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise SpecError(
-            f"instance type {name!r} is not a known GPU instance type.{hint} "
-            f"Known: {', '.join(INSTANCE_TYPES)}."
-        ) from None
+    raise SpecError(
+        f"instance type {name!r} is not a known GPU instance type."
+        f"{_did_you_mean(name, INSTANCE_TYPES, 0.6)} Known: {', '.join(INSTANCE_TYPES)}."
+    )
 
 
 def get_gpu_kind(name: str) -> GpuKind:
-    try:
+    if name in GPU_KINDS:
         return GPU_KINDS[name]
-    except KeyError:
-        raise SpecError(f"GPU kind {name!r} is unknown; known: {', '.join(GPU_KINDS)}.") from None
+    raise SpecError(f"GPU kind {name!r} is unknown; known: {', '.join(GPU_KINDS)}.")
 
 
 __all__ = [

@@ -1,0 +1,43 @@
+"""The records the benchmark's parts hand each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRequest:
+    """One prompt, tokenized before the run (vLLM's ``SampleRequest``)."""
+
+    prompt: str
+    prompt_len: int  # client-side token count, with special tokens, as vLLM counts it
+    expected_output_len: int  # sent as max_tokens / max_completion_tokens
+
+
+@dataclass(slots=True)
+class RequestResult:
+    """What one request saw, with vLLM's timing semantics (seconds, perf_counter based)."""
+
+    index: int
+    prompt_len: int
+    success: bool = False
+    output_tokens: int = 0  # usage.completion_tokens
+    ttft: float = 0.0  # first chunk with non-empty choices, minus send time
+    itl: list[float] = field(default_factory=list)  # gaps between later choices chunks
+    latency: float = 0.0  # last choices chunk minus send time
+    scheduled_s: float = 0.0  # when it should have been sent, from the benchmark start
+    sent_s: float = 0.0  # when it was sent, from the benchmark start
+    error: str = ""
+    generated_text: str = ""
+
+    @property
+    def send_lag_s(self) -> float:
+        return self.sent_s - self.scheduled_s
+
+
+@dataclass(slots=True)
+class LoadRun:
+    results: list[RequestResult]
+    duration_s: float  # vLLM's ``benchmark_duration``: first scheduled send to last completion
+    client_cpu_s: float  # process CPU time (user + system) spent during the run
+    max_concurrent: int = 0
