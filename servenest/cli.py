@@ -164,6 +164,64 @@ def cmd_key(args) -> int:
     return 0
 
 
+def _goodput(text: list[str] | None) -> dict[str, float]:
+    out = {}
+    for item in text or []:
+        key, _, value = item.partition(":")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ServeNestError(f"--goodput takes KEY:MS pairs (ttft:500 tpot:50), not {item!r}") from None
+    return out
+
+
+def cmd_bench(args) -> int:
+    """`vllm bench serve`'s flags and output, against any OpenAI-compatible endpoint."""
+    import os
+    from contextlib import nullcontext
+
+    from servenest.bench.run import BenchSettings, run_benchmark, save_result
+
+    base_url = args.base_url or f"http://{args.host}:{args.port}"
+    model, served, tokenizer, key = args.model, args.served_model_name, args.tokenizer, args.api_key
+    ctx = prefect_api(quiet=True) if args.deployment else nullcontext()
+    with ctx:
+        if args.deployment:
+            from tasks.registry import registered
+            from tasks.secrets import read_api_key
+
+            block, spec, state = registered(args.deployment)
+            base_url = args.base_url or block.base_url
+            model = model or spec.model
+            served = served or spec.served_model_name
+            tokenizer = tokenizer or spec.benchmark.tokenizer or state.weights.get("dir")
+            key = key or read_api_key(block.api_key_secret).get_secret_value()
+    key = key or os.environ.get("OPENAI_API_KEY")
+    if not model:
+        raise ServeNestError("--model is required (or --deployment NAME)")
+    settings = BenchSettings(
+        base_url=base_url.rstrip("/"), model=model, endpoint=args.endpoint, backend=args.backend,
+        served_model_name=served, tokenizer=tokenizer, dataset_name=args.dataset_name,
+        dataset_path=args.dataset_path, num_prompts=args.num_prompts,
+        request_rate=args.request_rate, burstiness=args.burstiness,
+        max_concurrency=args.max_concurrency, seed=args.seed,
+        sharegpt_output_len=args.sharegpt_output_len, random_input_len=args.random_input_len,
+        random_output_len=args.random_output_len, random_range_ratio=args.random_range_ratio,
+        ignore_eos=args.ignore_eos, temperature=args.temperature, goodput=_goodput(args.goodput),
+        metric_percentiles=[float(p) for p in args.metric_percentiles.split(",")],
+        percentile_metrics=args.percentile_metrics.split(","), num_warmups=args.num_warmups,
+        label=args.label, api_key=key,
+    )
+    outcome = run_benchmark(settings)
+    print(outcome.summary)
+    print(f"client CPU per request: {outcome.client_cpu_per_request_ms:.3f} ms; "
+          f"send lag p99: {outcome.send_lag_p99_ms:.2f} ms; "
+          + ("valid" if outcome.valid else "INVALID: " + "; ".join(outcome.invalid_reasons)))
+    if args.save_result:
+        print(f"saved {save_result(outcome, args.result_dir, args.result_filename)}")
+    return 0 if outcome.valid else 3
+
+
 def cmd_demo(args) -> int:
     """The main job: the local pipeline end to end on the real engine."""
     from flows.provision import provision
@@ -254,6 +312,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("name")
     g.add_argument("--deadline", type=float, default=60.0)
     g.set_defaults(fn=cmd_gate)
+
+    b = sub.add_parser("bench", help="benchmark an endpoint (vllm bench serve's flags)")
+    b.add_argument("--deployment", help="a registered deployment: URL, model, tokenizer and key")
+    b.add_argument("--base-url")
+    b.add_argument("--host", default="127.0.0.1")
+    b.add_argument("--port", type=int, default=8000)
+    b.add_argument("--endpoint", default="/v1/completions")
+    b.add_argument("--backend", default="openai", choices=["openai", "vllm", "openai-chat"])
+    b.add_argument("--model")
+    b.add_argument("--served-model-name")
+    b.add_argument("--tokenizer", help="local tokenizer directory (default: --model)")
+    b.add_argument("--dataset-name", default="random", choices=["sharegpt", "random", "custom"])
+    b.add_argument("--dataset-path")
+    b.add_argument("--num-prompts", type=int, default=1000)
+    b.add_argument("--request-rate", type=float, default=float("inf"))
+    b.add_argument("--burstiness", type=float, default=1.0)
+    b.add_argument("--max-concurrency", type=int)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--sharegpt-output-len", type=int)
+    b.add_argument("--random-input-len", type=int, default=1024)
+    b.add_argument("--random-output-len", type=int, default=128)
+    b.add_argument("--random-range-ratio", type=float, default=0.0)
+    b.add_argument("--ignore-eos", action="store_true")
+    b.add_argument("--temperature", type=float)
+    b.add_argument("--goodput", nargs="+", help="SLOs as KEY:MS (ttft, tpot, e2el)")
+    b.add_argument("--metric-percentiles", default="99")
+    b.add_argument("--percentile-metrics", default="ttft,tpot,itl")
+    b.add_argument("--num-warmups", type=int, default=0)
+    b.add_argument("--label")
+    b.add_argument("--api-key", help="default: $OPENAI_API_KEY or the deployment's Secret block")
+    b.add_argument("--save-result", action="store_true")
+    b.add_argument("--result-dir")
+    b.add_argument("--result-filename")
+    b.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("status", help="list registered deployments")
     s.set_defaults(fn=cmd_status)

@@ -65,3 +65,11 @@ class NotRegisteredError(ServeNestError):
 
 class TopologyNotAvailableError(ServeNestError):
     """The spec's topology has no implementation in this version."""
+
+
+class BenchmarkGateError(ServeNestError):
+    """A benchmark missed the deployment's SLOs, was invalid, or regressed."""
+
+
+class BenchmarkInputError(ServeNestError):
+    """Bad benchmark input, found before the run."""

@@ -198,12 +198,39 @@ class HealthSpec(_Strict):
 
 class BenchmarkSpec(_Strict):
     enabled: bool = Field(False, description="Run the benchmark as provision's last gate.")
+    # The short load check of provision and the demo.
     requests: int = Field(16, ge=1, description="Requests in the load check.")
     concurrency: int = Field(4, ge=1, description="Concurrent requests in the load check.")
     max_tokens: int = Field(16, ge=1, description="Output tokens per load-check request.")
+    # The benchmark, with `vllm bench serve`'s names.
+    backend: Literal["openai", "vllm", "openai-chat"] = "openai"
+    dataset_name: Literal["sharegpt", "random", "custom"] = "random"
+    dataset_path: str | None = Field(None, description="ShareGPT JSON or custom JSONL file.")
+    num_prompts: int = Field(200, ge=1)
+    request_rate: float | None = Field(None, gt=0, description="Requests/s; unset sends all at once (inf).")
+    burstiness: float = Field(1.0, gt=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    random_input_len: int = Field(256, ge=1)
+    random_output_len: int = Field(64, ge=1)
+    sharegpt_output_len: int | None = Field(None, ge=1)
+    ignore_eos: bool = False
+    temperature: float | None = Field(0.0, ge=0, description="Sent when set; 0 is greedy.")
+    seed: int = 0
+    tokenizer: str | None = Field(None, description="Tokenizer directory; default: the staged weights.")
+    # Gate and trend.
     slo_p99_ttft_ms: float | None = Field(None, gt=0)
     slo_p99_tpot_ms: float | None = Field(None, gt=0)
+    min_goodput_rps: float | None = Field(None, gt=0)
     min_output_throughput: float | None = Field(None, gt=0)
+    regression_margin: float = Field(0.2, gt=0, description="Worse than the recent median by this much is a regression.")
+    fail_on_regression: bool = False
+    hourly_price_usd: float | None = Field(None, gt=0, description="Price of the hardware, for $/M tokens.")
+
+    @model_validator(mode="after")
+    def _dataset(self) -> BenchmarkSpec:
+        if self.dataset_name != "random" and not self.dataset_path:
+            raise ValueError(f"benchmark.dataset_name {self.dataset_name} needs benchmark.dataset_path")
+        return self
 
 
 class DeploymentSpec(_Strict):

@@ -1,0 +1,211 @@
+"""One benchmark run, from settings to results: sample, schedule, load, measure, judge.
+
+Settings carry ``vllm bench serve``'s names and defaults so a seed user's command line
+maps one to one. Everything that can be wrong with the input (dataset, tokenizer, rate,
+endpoint, key, model name) is checked before the first scheduled request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from servenest.bench import datasets, metrics, runner, schedule
+from servenest.bench.tokenizer import load_tokenizer
+from servenest.bench.types import LoadRun, SampleRequest
+from servenest.errors import BenchmarkInputError
+
+CHAT_BACKENDS = {"openai-chat"}
+COMPLETION_BACKENDS = {"openai", "vllm"}
+
+# A run whose client fell behind measured the client, not the server.
+MAX_SEND_LAG_P99_S = 0.010
+MAX_CLIENT_CPU_SHARE = 0.90
+
+
+@dataclass
+class BenchSettings:
+    base_url: str
+    model: str  # model id: names the tokenizer and the result
+    endpoint: str = "/v1/completions"
+    backend: str = "openai"
+    served_model_name: str | None = None
+    tokenizer: str | None = None  # directory or tokenizer.json; default: model
+    dataset_name: str = "random"
+    dataset_path: str | None = None
+    num_prompts: int = 1000
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    seed: int = 0
+    sharegpt_output_len: int | None = None
+    custom_output_len: int = 256
+    random_input_len: int = 1024
+    random_output_len: int = 128
+    random_range_ratio: float = 0.0
+    ignore_eos: bool = False
+    temperature: float | None = None
+    goodput: dict[str, float] = field(default_factory=dict)
+    metric_percentiles: list[float] = field(default_factory=lambda: [99.0])
+    percentile_metrics: list[str] = field(default_factory=lambda: ["ttft", "tpot", "itl"])
+    num_warmups: int = 0
+    label: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+    def validate(self) -> None:
+        if self.backend not in CHAT_BACKENDS | COMPLETION_BACKENDS:
+            raise BenchmarkInputError(f"--backend {self.backend!r}: use openai, vllm or openai-chat")
+        if self.backend in CHAT_BACKENDS and not self.endpoint.endswith("/chat/completions"):
+            raise BenchmarkInputError("--backend openai-chat needs --endpoint /v1/chat/completions")
+        if self.num_prompts <= 0:
+            raise BenchmarkInputError("--num-prompts must be at least 1")
+        if not self.request_rate > 0:
+            raise BenchmarkInputError(f"--request-rate must be > 0 (or inf), got {self.request_rate}")
+        if not self.burstiness > 0:
+            raise BenchmarkInputError(f"--burstiness must be > 0, got {self.burstiness}")
+        if self.max_concurrency is not None and self.max_concurrency <= 0:
+            raise BenchmarkInputError("--max-concurrency must be at least 1")
+        unknown = set(self.goodput) - {"ttft", "tpot", "e2el"}
+        if unknown:
+            raise BenchmarkInputError(f"--goodput accepts ttft, tpot and e2el, not {sorted(unknown)}")
+        bad = set(self.percentile_metrics) - set(metrics.METRIC_HEADERS)
+        if bad:
+            raise BenchmarkInputError(f"--percentile-metrics: unknown {sorted(bad)}")
+        if self.dataset_name in ("sharegpt", "custom") and not self.dataset_path:
+            raise BenchmarkInputError(f"--dataset-name {self.dataset_name} needs --dataset-path")
+        if self.dataset_name not in ("sharegpt", "random", "custom"):
+            raise BenchmarkInputError("--dataset-name must be sharegpt, random or custom")
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def effective_ignore_eos(self) -> bool:
+        # vllm bench serve forces it for random prompts so outputs run to length.
+        return self.ignore_eos or self.dataset_name == "random"
+
+
+@dataclass
+class BenchmarkOutcome:
+    settings: BenchSettings
+    metrics: metrics.BenchmarkMetrics
+    run: LoadRun
+    result: dict  # vllm --save-result keys
+    frame: pd.DataFrame
+    summary: str
+    valid: bool
+    invalid_reasons: list[str]
+    client_cpu_per_request_ms: float
+    send_lag_p99_ms: float
+
+
+def sample(settings: BenchSettings) -> list[SampleRequest]:
+    tok = load_tokenizer(settings.tokenizer or settings.model)
+    if settings.dataset_name == "sharegpt":
+        return datasets.sample_sharegpt(
+            settings.dataset_path, settings.num_prompts, tok, seed=settings.seed,
+            fixed_output_len=settings.sharegpt_output_len,
+        )
+    if settings.dataset_name == "custom":
+        return datasets.sample_custom(
+            settings.dataset_path, settings.num_prompts, tok, seed=settings.seed,
+            output_len=settings.custom_output_len,
+        )
+    return datasets.sample_random(
+        tok, settings.num_prompts, input_len=settings.random_input_len,
+        output_len=settings.random_output_len, range_ratio=settings.random_range_ratio,
+        seed=settings.seed,
+    )
+
+
+def extra_body(settings: BenchSettings) -> dict:
+    # vLLM 0.32 sends sampling parameters only when given (no temperature=0 default).
+    return {} if settings.temperature is None else {"temperature": settings.temperature}
+
+
+def run_benchmark(settings: BenchSettings, requests: list[SampleRequest] | None = None) -> BenchmarkOutcome:
+    settings.validate()
+    requests = requests if requests is not None else sample(settings)
+    offsets = schedule.arrival_offsets(
+        len(requests), settings.request_rate, settings.burstiness, settings.seed
+    )
+    runner.check_endpoint(
+        settings.base_url, settings.endpoint, settings.backend, settings.model_name,
+        settings.api_key, requests[0],
+    )
+    run = runner.run_load(
+        settings.base_url, settings.endpoint, settings.backend, settings.model_name, requests,
+        offsets, api_key=settings.api_key, max_concurrency=settings.max_concurrency,
+        num_warmups=settings.num_warmups, ignore_eos=settings.effective_ignore_eos,
+        extra_body=extra_body(settings),
+    )
+    return measure(settings, requests, run)
+
+
+def measure(settings: BenchSettings, requests: list[SampleRequest], run: LoadRun) -> BenchmarkOutcome:
+    m = metrics.calculate_metrics(
+        requests, run, settings.metric_percentiles, settings.goodput or None
+    )
+    result = {**run_header(settings),
+              **metrics.result_dict(m, run, settings.percentile_metrics, bool(settings.goodput))}
+    frame = metrics.per_request_frame(run, m.output_lens)
+    lags = [r.send_lag_s for r in run.results]
+    lag_p99 = float(np.percentile(lags, 99)) if lags else 0.0
+    reasons = []
+    if lag_p99 > MAX_SEND_LAG_P99_S:
+        reasons.append(f"send lag p99 {lag_p99 * 1000:.1f} ms > {MAX_SEND_LAG_P99_S * 1000:.0f} ms")
+    if run.duration_s and run.client_cpu_s / run.duration_s > MAX_CLIENT_CPU_SHARE:
+        reasons.append(
+            f"client used {run.client_cpu_s / run.duration_s:.0%} of a core: it was the bottleneck"
+        )
+    result.update(send_lag_p99_ms=lag_p99 * 1000, client_cpu_s=run.client_cpu_s,
+                  valid=not reasons, invalid_reasons=reasons)
+    summary = metrics.summary_text(
+        m, run, settings.percentile_metrics, request_rate=settings.request_rate,
+        max_concurrency=settings.max_concurrency, goodput=bool(settings.goodput),
+    )
+    return BenchmarkOutcome(
+        settings=settings, metrics=m, run=run, result=result, frame=frame, summary=summary,
+        valid=not reasons, invalid_reasons=reasons,
+        client_cpu_per_request_ms=run.client_cpu_s / max(len(run.results), 1) * 1000,
+        send_lag_p99_ms=lag_p99 * 1000,
+    )
+
+
+def run_header(s: BenchSettings) -> dict:
+    return {
+        "date": datetime.now().strftime("%Y%m%d-%H%M%S"), "endpoint_type": s.backend,
+        "backend": s.backend, "label": s.label, "model_id": s.model,
+        "tokenizer_id": s.tokenizer or s.model, "num_prompts": s.num_prompts,
+        "request_rate": s.request_rate if s.request_rate < math.inf else "inf",
+        "burstiness": s.burstiness, "max_concurrency": s.max_concurrency,
+    }
+
+
+def result_filename(s: BenchSettings, date: str) -> str:
+    """vLLM's name: {label|backend}-{rate}qps[-concurrency{N}]-{model basename}-{date}.json"""
+    conc = f"-concurrency{s.max_concurrency}" if s.max_concurrency is not None else ""
+    return f"{s.label or s.backend}-{s.request_rate}qps{conc}-{s.model.split('/')[-1]}-{date}.json"
+
+
+def save_result(outcome: BenchmarkOutcome, result_dir: str | None, filename: str | None) -> Path:
+    name = filename or result_filename(outcome.settings, outcome.result["date"])
+    path = Path(result_dir or ".") / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(outcome.result, default=_jsonable))
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
