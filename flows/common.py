@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger
 from pydantic import SecretStr
 
+from servenest.errors import AlreadyServingError
 from servenest.health import GateReport
 from servenest.timing import StageTimer
 from servenest.topology import Topology
@@ -16,9 +17,8 @@ from tasks.load import load_check
 from tasks.registry import forget_endpoint, register_endpoint
 
 
-def serve_and_register(
-    topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_check: bool
-) -> GateReport:
+def serve(topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_check: bool) -> GateReport:
+    """Launch the engine and prove it; nothing is registered yet."""
     with timer.stage("launch"):
         launch_engine(topology, api_key)
     with timer.stage("gate"):
@@ -26,10 +26,23 @@ def serve_and_register(
     if run_load_check:
         with timer.stage("load check"):
             load_check(topology, api_key)
+    return report
+
+
+def register(topology: Topology, api_key: SecretStr, report: GateReport, timer: StageTimer) -> None:
     with timer.stage("register"):
         register_endpoint(topology, report)
         publish_connection_card(topology, api_key)
-    return report
+
+
+def refuse_if_serving(topology: Topology) -> None:
+    """A second provision must not replace (or, failing, tear down) a live deployment."""
+    status = topology.status()
+    if status.running:
+        raise AlreadyServingError(
+            f"{topology.spec.name} is already serving ({status.detail}); change it with the "
+            f"launch flow, or tear it down first"
+        )
 
 
 def clean_up_failed(topology: Topology, keep: bool, timer: StageTimer) -> None:
@@ -45,5 +58,11 @@ def clean_up_failed(topology: Topology, keep: bool, timer: StageTimer) -> None:
         return
     logger.warning("bring-up of %s failed; tearing down what it created", name)
     with timer.stage("teardown after failure"):
-        teardown_deployment(topology)
-        forget_endpoint(name)
+        try:
+            teardown_deployment(topology)
+            forget_endpoint(name)
+        except BaseException:
+            # Cancelled or interrupted while cleaning up: no Prefect task can run any
+            # more, but the engine must not outlive the run.
+            topology.teardown()
+            raise

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from servenest.errors import GateFailedError
+from servenest.health import GateReport
 from servenest.topology import open_topology
 from tasks.gate import gate_endpoint
 from tasks.registry import record_gate, registered
@@ -21,6 +23,10 @@ def health_gate(name: str, deadline_s: float = 60.0) -> dict:
     block, spec, state = registered(name)
     spec = spec.model_copy(update={"health": spec.health.model_copy(update={"deadline_s": deadline_s})})
     topology = open_topology(spec, state)
-    report = gate_endpoint(topology, load_api_key(block.api_key_secret))
+    try:
+        report = gate_endpoint(topology, load_api_key(block.api_key_secret), just_launched=False)
+    except GateFailedError as exc:
+        record_gate(name, GateReport(passed=False, stages=exc.stages))  # status shows it
+        raise
     record_gate(name, report)
     return {"deployment": name, "passed": report.passed, "stages": report.table()}

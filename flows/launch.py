@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import clean_up_failed, serve_and_register
+from flows.common import clean_up_failed, register, serve
 from servenest.timing import StageTimer
 from servenest.topology import open_topology
 from tasks.artifacts import publish_stage_timings
@@ -37,8 +37,8 @@ def launch(name: str, engine: dict, keep_on_failure: bool = False) -> dict:
             api_key = load_api_key(new_spec.access.api_key_secret)
         topology = open_topology(new_spec, state, run=prefect_shell_runner)
         try:
-            serve_and_register(topology, api_key, timer, run_load_check=False)
-        except Exception:
+            gate = serve(topology, api_key, timer, run_load_check=False)
+        except BaseException:
             if keep_on_failure:
                 clean_up_failed(topology, True, timer)
                 raise
@@ -46,10 +46,13 @@ def launch(name: str, engine: dict, keep_on_failure: bool = False) -> dict:
             previous = open_topology(spec, topology.state, run=prefect_shell_runner)
             try:
                 with timer.stage("restore previous"):
-                    serve_and_register(previous, api_key, timer, run_load_check=False)
-            except Exception:
+                    register(previous, api_key, serve(previous, api_key, timer, False), timer)
+            except BaseException:
                 clean_up_failed(previous, False, timer)
             raise
+        # Only a failed launch or gate restores the previous arguments; the new engine
+        # passed, so a registry hiccup here must not replace it.
+        register(topology, api_key, gate, timer)
     finally:
         publish_stage_timings(name, timer.rows)
     return {"deployment": name, "engine": new_spec.engine.model_dump(mode="json"), "stages": timer.rows}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.common import clean_up_failed, serve_and_register
+from flows.common import clean_up_failed, refuse_if_serving, register, serve
 from servenest.spec import DeploymentSpec
 from servenest.timing import StageTimer
 from servenest.topology import open_topology
@@ -31,15 +31,20 @@ def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: b
             check_spec(spec)
             api_key = load_api_key(spec.access.api_key_secret)
         topology = open_topology(spec, run=prefect_shell_runner)
+        refuse_if_serving(topology)
         try:
             with timer.stage("provision"):
                 provision_infrastructure(topology)
             with timer.stage("stage weights"):
                 stage_weights(topology)
-            gate = serve_and_register(
-                topology, api_key, timer, load_check or spec.benchmark.enabled
-            )
-        except Exception:
+            gate = serve(topology, api_key, timer, load_check or spec.benchmark.enabled)
+            register(topology, api_key, gate, timer)
+            if spec.benchmark.enabled:
+                from flows.benchmark import benchmark
+
+                with timer.stage("benchmark"):
+                    benchmark(spec.name)
+        except BaseException:  # also Ctrl-C and Prefect's cancellation (TerminationSignal)
             clean_up_failed(topology, keep_on_failure, timer)
             raise
     finally:

@@ -37,16 +37,14 @@ def ensure_key(secret_name: str, *, quiet: bool = False) -> bool:
     """Create a random API key in a Secret block if it is missing; True if created."""
     from prefect.blocks.system import Secret
 
-    from tasks.secrets import read_api_key
+    from tasks.secrets import secret_exists
 
-    try:
-        read_api_key(secret_name)
+    if secret_exists(secret_name):  # never replace a key someone set, whatever it holds
         return False
-    except ServeNestError:
-        Secret(value=f"sk-{secrets.token_urlsafe(24)}").save(secret_name, overwrite=True)
-        if not quiet:
-            print(f"created a random API key in Secret block {secret_name!r}")
-        return True
+    Secret(value=f"sk-{secrets.token_urlsafe(24)}").save(secret_name)
+    if not quiet:
+        print(f"created a random API key in Secret block {secret_name!r}")
+    return True
 
 
 # -- commands -------------------------------------------------------------------------
@@ -252,11 +250,20 @@ def cmd_demo(args) -> int:
         print(f"  {k}: {v}")
     print(f"  run history: {url.removesuffix('/api')}/runs")
     if args.keep:
+        exe = shlex.quote(servenest_executable())
         print(f"\nserving {result['model']} at {result['base_url']}/v1 (key in Secret block "
-              f"{spec.access.api_key_secret!r})\n\n{key_command(spec.name)}\n"
+              f"{spec.access.api_key_secret!r})\n\n{key_command(spec.name, exe)}\n"
               f"{curl_command(result['base_url'], result['model'])}\n\n"
-              f"stop it with: servenest down {shlex.quote(spec.name)}")
+              f"stop it with: {exe} down {shlex.quote(spec.name)}")
     return 0
+
+
+def servenest_executable() -> str:
+    """This command's absolute path: printed commands must work in a fresh shell too."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "servenest"
+    return str(beside) if beside.exists() else shutil.which("servenest") or "servenest"
 
 
 def demo_summary(stages: list[dict], total_s: float, server_s: float, teardown_s: float | None) -> dict:

@@ -11,8 +11,9 @@ import shlex
 
 
 def mask_key(key: str) -> str:
-    if len(key) <= 8:
-        return "*" * len(key)
+    # Short keys are masked whole: 3 + 4 visible characters would give most of them away.
+    if len(key) < 16:
+        return "*" * 8
     return f"{key[:3]}…{key[-4:]}"
 
 
@@ -53,12 +54,13 @@ def openai_snippet(base_url: str, model: str) -> str:
     )
 
 
-def key_command(deployment: str) -> str:
-    return f'export SERVENEST_API_KEY="$(servenest key {deployment})"'
+def key_command(deployment: str, servenest: str = "servenest") -> str:
+    return f'export SERVENEST_API_KEY="$({servenest} key {deployment})"'
 
 
 def connection_card(
-    deployment: str, base_url: str, model: str, api_key: str, secret_block: str, public: bool
+    deployment: str, base_url: str, model: str, api_key: str, secret_block: str, public: bool,
+    servenest: str = "servenest",
 ) -> str:
     access = "public" if public else "private (this machine / VPC only)"
     return f"""# {deployment}: connection card
@@ -72,7 +74,7 @@ def connection_card(
 
 ## Get the key
 ```bash
-{key_command(deployment)}
+{key_command(deployment, servenest)}
 ```
 
 ## curl (streaming)

@@ -31,6 +31,10 @@ class MissingSecretError(ServeNestError):
     """A Prefect Secret block the spec refers to does not exist."""
 
 
+class AlreadyServingError(ServeNestError):
+    """The deployment is already up; provision will not replace it."""
+
+
 class PortInUseError(ServeNestError):
     """The engine's port is already taken on this machine."""
 

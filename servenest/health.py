@@ -148,6 +148,14 @@ class _Gate:
 
         return self._poll("/health 200", attempt)
 
+    def key_required(self) -> str:
+        r = self.client.get("/v1/models")
+        if r.status_code != 401:
+            raise _StageFailure(
+                f"/v1/models without the key answered {r.status_code}, not 401: the endpoint is open"
+            )
+        return "401 without the key"
+
     def model_listed(self) -> str:
         r = self.client.get("/v1/models", headers=self._headers())
         if r.status_code == 401:
@@ -187,7 +195,10 @@ class _Gate:
                 chunk = json.loads(data)
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
-                    if delta.get("content") or delta.get("reasoning_content"):
+                    # vLLM streams reasoning models' thinking as `reasoning` (older versions:
+                    # `reasoning_content`); those are tokens too.
+                    if (delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content")
+                            or delta.get("tool_calls")):
                         content_chunks += 1
                         if ttft is None:
                             ttft = time.perf_counter() - started
@@ -220,13 +231,15 @@ class _Gate:
 
         return self._poll("an idle engine", attempt)
 
-    def run(self) -> GateReport:
+    def run(self, expect_idle: bool) -> GateReport:
         try:
             self._stage("process alive", self.process_alive)
             self._stage("/health 200", self.health_ok)
+            self._stage("API key required", self.key_required)
             self._stage("/v1/models lists served name", self.model_listed)
             self._stage("streamed chat completion", self.streamed_completion)
-            self._stage("/metrics idle", self.metrics_idle)
+            if expect_idle:  # right after a launch nothing else can be running
+                self._stage("/metrics idle", self.metrics_idle)
         finally:
             self.client.close()
         self.report.passed = True
@@ -270,6 +283,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 def run_gate(
     target: GateTarget, *, deadline_s: float, poll_s: float = 0.1,
-    prompt: str = "Say hello in one word.", max_tokens: int = 8,
+    prompt: str = "Say hello in one word.", max_tokens: int = 8, expect_idle: bool = True,
 ) -> GateReport:
-    return _Gate(target, deadline_s, poll_s, prompt, max_tokens).run()
+    """``expect_idle`` is for a fresh launch; a serving endpoint may have traffic."""
+    return _Gate(target, deadline_s, poll_s, prompt, max_tokens).run(expect_idle)

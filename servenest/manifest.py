@@ -118,6 +118,18 @@ def verify(root: Path, manifest: Manifest, mode: Literal["quick", "full"] = "qui
     return problems
 
 
+def mismatched(root: Path, manifest: Manifest, mode: Literal["quick", "full"] = "quick") -> list[Path]:
+    """Files present but different from the manifest: a resuming hub client would keep them."""
+    out = []
+    for entry in manifest.files:
+        path = root / entry.path
+        if not path.is_file():
+            continue
+        if path.stat().st_size != entry.size or (mode == "full" and sha256_file(path) != entry.sha256):
+            out.append(path)
+    return out
+
+
 def verified_manifest(
     root: Path, mode: Literal["quick", "full"] = "quick", target: Path | None = None
 ) -> Manifest | None:

@@ -1,7 +1,8 @@
 """prefect.yaml, generated from the spec files so the two can never drift.
 
 Each spec file in ``deployments/`` becomes ``provision/<name>`` (the spec as its
-``spec`` parameter), ``launch/<name>``, ``health-gate/<name>`` and ``teardown/<name>``.
+``spec`` parameter), ``launch/<name>``, ``health-gate/<name>``, ``benchmark/<name>``
+and ``teardown/<name>``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def render(directory: Path) -> str:
              "parameters": {"name": spec.name, "engine": {}}, **common},
             {"name": spec.name, "entrypoint": "flows/health_gate.py:health_gate",
              "description": f"Gate the registered endpoint {spec.name}.",
+             "parameters": {"name": spec.name}, **common},
+            {"name": spec.name, "entrypoint": "flows/benchmark.py:benchmark",
+             "description": f"Benchmark {spec.name} by vLLM's definitions and gate on its SLOs.",
              "parameters": {"name": spec.name}, **common},
             {"name": spec.name, "entrypoint": "flows/teardown.py:teardown",
              "description": f"Tear {spec.name} down.",

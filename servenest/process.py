@@ -1,10 +1,14 @@
-"""Local processes: start an engine in its own process group, watch it, stop all of it.
+"""Local processes: start an engine in its own session, watch it, stop all of it.
 
-vLLM runs as three processes (API server, engine core, worker). Starting it in a new
-session gives them one process group, so teardown can signal the whole group. Every
-process ServeNest starts carries ``SERVENEST_DEPLOYMENT=<name>`` in its environment;
-teardown only signals processes that carry that mark, so a stale state file can never
-kill an unrelated process that later reused the same pid.
+vLLM runs as several processes (API server, engine core, workers). Starting it in a new
+session gives them one session and process group, both numbered by the leader's pid, so
+teardown can signal all of them. Which group is ours is decided by the leader's start
+time, recorded at launch (``/proc/PID/stat``), or by ``SERVENEST_DEPLOYMENT=<name>`` in
+its environment; never by the mark alone, because vLLM's children rename themselves with
+setproctitle, which overwrites the environment block that /proc shows. A stale state file
+therefore never kills an unrelated process that later reused the pid: the kernel does not
+hand out a pid while it still names a live session, and a reused leader has another start
+time.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (identifies it beyond its pid)."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
 def _environ_has_mark(pid: int, deployment: str) -> bool:
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -74,18 +84,32 @@ def state(pid: int) -> ProcessState:
     return ProcessState(pid, True)
 
 
-def group_members(pgid: int, deployment: str) -> list[int]:
-    """Live processes of the group that carry this deployment's mark."""
-    members = []
+def session_members(sid: int) -> list[int]:
+    """Live processes whose session and process group are ``sid``."""
+    out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat_fields(int(entry.name))
-        if fields is None or fields[0] in ("Z", "X") or int(fields[2]) != pgid:
-            continue
-        if _environ_has_mark(int(entry.name), deployment):
-            members.append(int(entry.name))
-    return sorted(members)
+        if fields and fields[0] not in ("Z", "X") and int(fields[2]) == sid and int(fields[3]) == sid:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def group_members(pgid: int, deployment: str, leader_start: int | None = None) -> list[int]:
+    """Live processes of the engine session led by ``pgid``, once it is proven ours."""
+    members = session_members(pgid)
+    if not members:
+        return []
+    if pgid in members:
+        ours = (leader_start is not None and start_ticks(pgid) == leader_start) or _environ_has_mark(
+            pgid, deployment
+        )
+        return members if ours else []
+    # The leader is gone; what is left of its session started after it did.
+    if leader_start is not None:
+        members = [p for p in members if (start_ticks(p) or 0) >= leader_start]
+    return members
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -103,12 +127,12 @@ def _reap(pid: int) -> None:
         _CHILDREN.pop(pid, None)
 
 
-def stop_group(pgid: int, deployment: str, grace_s: float) -> dict:
-    """TERM the marked members of the group, KILL what is left after ``grace_s``.
+def stop_group(pgid: int, deployment: str, grace_s: float, leader_start: int | None = None) -> dict:
+    """TERM every member of the engine's session, KILL what is left after ``grace_s``.
 
     Returns what happened, for the run log. Safe to call when nothing is running.
     """
-    members = group_members(pgid, deployment)
+    members = group_members(pgid, deployment, leader_start)
     if not members:
         _reap(pgid)
         return {"signalled": 0, "killed": 0}
@@ -116,13 +140,13 @@ def stop_group(pgid: int, deployment: str, grace_s: float) -> dict:
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         _reap(pgid)
-        if not group_members(pgid, deployment):
+        if not group_members(pgid, deployment, leader_start):
             return {"signalled": len(members), "killed": 0}
         time.sleep(0.1)
-    left = group_members(pgid, deployment)
+    left = group_members(pgid, deployment, leader_start)
     _signal_all(left, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while group_members(pgid, deployment) and time.monotonic() < deadline:
+    while group_members(pgid, deployment, leader_start) and time.monotonic() < deadline:
         time.sleep(0.05)
     _reap(pgid)
     return {"signalled": len(members), "killed": len(left)}

@@ -43,9 +43,16 @@ _MANAGED_FLAGS = {
     "--gpu-memory-utilization": "engine.gpu_memory_utilization",
     "--mem-fraction-static": "engine.gpu_memory_utilization",
 }
-_SECRET_ENV = {
-    "VLLM_API_KEY", "SGLANG_API_KEY", "OPENAI_API_KEY", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
-}
+# Spec files are committed and arrive as Prefect parameters: no credential belongs in them.
+_SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL)", re.I)
+
+
+def _abbreviation_of(flag: str) -> str | None:
+    """argparse (and so vLLM) accepts unique prefixes: --api-k means --api-key."""
+    if not flag.startswith("--") or len(flag) < 5:
+        return None
+    hits = [use for full, use in _MANAGED_FLAGS.items() if full.startswith(flag)]
+    return hits[0] if hits else None
 
 
 class _Strict(BaseModel):
@@ -87,14 +94,15 @@ class EngineSpec(_Strict):
             # vLLM's parser accepts --api_key as --api-key; so must this check.
             if flag.startswith("--"):
                 flag = "--" + flag[2:].replace("_", "-")
-            if flag in _MANAGED_FLAGS:
-                raise ValueError(f"{flag} is set by ServeNest; use {_MANAGED_FLAGS[flag]} instead")
+            managed = _MANAGED_FLAGS.get(flag) or _abbreviation_of(flag)
+            if managed:
+                raise ValueError(f"{flag} is set by ServeNest; use {managed} instead")
         return args
 
     @field_validator("env")
     @classmethod
     def _no_secret_env(cls, env: dict[str, str]) -> dict[str, str]:
-        leaked = sorted(_SECRET_ENV & set(env))
+        leaked = sorted(k for k in env if _SECRET_ENV.search(k))
         if leaked:
             raise ValueError(f"{', '.join(leaked)} must not be set in clear; keys come from Secret blocks")
         return env
@@ -271,6 +279,8 @@ class DeploymentSpec(_Strict):
             raise ValueError(f"weights.source 'builtin' only provides {BUILTIN_MODEL}")
         if self.model == BUILTIN_MODEL and self.weights.source != "builtin":
             raise ValueError(f"{BUILTIN_MODEL} is generated locally; set weights.source: builtin")
+        if self.topology == "local" and self.engine.kind != "vllm":
+            raise ValueError("the local topology runs vLLM; SGLang runs on the cloud topologies")
         if self.topology == "local" and self.weights.source == "oss":
             raise ValueError("the local topology stages from builtin, local, modelscope or huggingface")
         if self.topology != "local" and self.weights.source in ("builtin", "local"):

@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
+from servenest.cli import servenest_executable
 from servenest.connection import connection_card
 from servenest.topology import Topology
 
@@ -21,7 +22,7 @@ def publish_connection_card(topology: Topology, api_key: SecretStr) -> str:
     ep = topology.endpoint()
     card = connection_card(
         topology.spec.name, ep.base_url, ep.served_model_name, api_key.get_secret_value(),
-        topology.spec.access.api_key_secret, ep.public,
+        topology.spec.access.api_key_secret, ep.public, servenest=servenest_executable(),
     )
     create_markdown_artifact(
         card, key=artifact_key("connection", topology.spec.name),

@@ -30,11 +30,12 @@ def gate_deadline(topology: Topology) -> float:
 
 
 @task(name="gate-endpoint", cache_policy=NO_CACHE)
-def gate_endpoint(topology: Topology, api_key: SecretStr) -> GateReport:
+def gate_endpoint(topology: Topology, api_key: SecretStr, just_launched: bool = True) -> GateReport:
     h = topology.spec.health
     report = run_gate(
         gate_target(topology, api_key), deadline_s=gate_deadline(topology),
         poll_s=h.poll_interval_s, prompt=h.prompt, max_tokens=h.max_tokens,
+        expect_idle=just_launched,
     )
     for stage in report.stages:
         get_run_logger().info("gate: %-30s %6.2f s  %s", stage.name, stage.seconds, stage.detail)

@@ -12,7 +12,7 @@ from blocks.endpoint import ServeNestEndpoint
 from servenest.errors import NotRegisteredError
 from servenest.health import GateReport
 from servenest.spec import DeploymentSpec, load_spec_data
-from servenest.state import DeploymentState
+from servenest.state import DeploymentState, load_state
 from servenest.topology import Topology
 
 
@@ -31,8 +31,10 @@ def registered(name: str) -> tuple[ServeNestEndpoint, DeploymentSpec, Deployment
         raise NotRegisteredError(
             f"no endpoint is registered as {name!r}; `servenest status` lists the live ones"
         )
-    return block, load_spec_data(block.spec, origin=f"registered spec of {name}"), \
-        DeploymentState.from_dict(block.state)
+    # The state file is written as things happen; the block only at registration, so a
+    # relaunch kept on failure (or interrupted) is known to the file, not the block.
+    state = load_state(name) or DeploymentState.from_dict(block.state)
+    return block, load_spec_data(block.spec, origin=f"registered spec of {name}"), state
 
 
 @task(name="register-endpoint", cache_policy=NO_CACHE)

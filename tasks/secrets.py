@@ -10,6 +10,16 @@ from pydantic import SecretStr
 from servenest.errors import MissingSecretError
 
 
+def secret_exists(secret_name: str) -> bool:
+    try:
+        Secret.load(secret_name)
+        return True
+    except ValueError as exc:
+        if "Unable to find block document" in str(exc):
+            return False
+        raise
+
+
 def read_api_key(secret_name: str) -> SecretStr:
     try:
         value = Secret.load(secret_name).get()
@@ -26,6 +36,7 @@ def read_api_key(secret_name: str) -> SecretStr:
     return SecretStr(value)
 
 
-@task(name="load-api-key", cache_policy=NO_CACHE)
+# Never persisted: with result persistence on, Prefect would pickle the key's value.
+@task(name="load-api-key", cache_policy=NO_CACHE, persist_result=False)
 def load_api_key(secret_name: str) -> SecretStr:
     return read_api_key(secret_name)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from servenest import paths, process
@@ -17,7 +19,13 @@ from servenest.errors import (
     WeightsError,
 )
 from servenest.fit import hardware_candidates, parallelism
-from servenest.manifest import build_manifest, verified_manifest, write_manifest
+from servenest.manifest import (
+    build_manifest,
+    mismatched,
+    read_manifest,
+    verified_manifest,
+    write_manifest,
+)
 from servenest.topology.base import Endpoint, EngineStatus, StagedWeights, Topology
 
 TINY_MODEL_SCRIPT = Path(__file__).resolve().parent.parent / "engines" / "tiny_model.py"
@@ -88,17 +96,28 @@ class LocalTopology(Topology):
     def stage_weights(self) -> StagedWeights:
         root, manifest_at = self._weights_dir()
         mode = self.spec.weights.verify
-        manifest = verified_manifest(root, mode, manifest_at)
-        reused = manifest is not None
-        if manifest is None:
-            self._fetch(root)
-            manifest = build_manifest(root, source=self._source_label())
-            if not manifest.files:
-                raise WeightsError(f"no weight files found in {root}")
-            write_manifest(root, manifest, manifest_at)
+        with _directory_lock(root):  # two provisions of one model must not race its files
+            manifest = verified_manifest(root, mode, manifest_at)
+            reused = manifest is not None
+            if manifest is None:
+                self._drop_mismatched(root, manifest_at, mode)
+                self._fetch(root)
+                manifest = build_manifest(root, source=self._source_label())
+                if not manifest.files:
+                    raise WeightsError(f"no weight files found in {root}")
+                write_manifest(root, manifest, manifest_at)
         self.state.weights = {"dir": str(root), "digest": manifest.digest, "bytes": manifest.total_bytes}
         self.save()
         return StagedWeights(str(root), len(manifest.files), manifest.total_bytes, manifest.digest, reused)
+
+    def _drop_mismatched(self, root: Path, manifest_at: Path | None, mode) -> None:
+        """Delete files that differ from the last manifest, so the hub client fetches them
+        again instead of trusting its own metadata (never in a user's own directory)."""
+        old = read_manifest(root, manifest_at)
+        if old is None or self.spec.weights.source not in ("modelscope", "huggingface"):
+            return
+        for path in mismatched(root, old, mode):
+            path.unlink()
 
     def _source_label(self) -> str:
         w = self.spec.weights
@@ -133,7 +152,8 @@ class LocalTopology(Topology):
         log_path = log_dir / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         proc = process.start_group(argv, env, log_path, cwd=log_dir)
         self.state.engine = {
-            "pid": proc.pid, "pgid": proc.pid, "log": str(log_path), "argv": argv,
+            "pid": proc.pid, "pgid": proc.pid, "start_ticks": process.start_ticks(proc.pid),
+            "log": str(log_path), "argv": argv,
             "host": self.host, "port": self.port, "started_at": time.time(),
         }
         self.save()
@@ -176,7 +196,9 @@ class LocalTopology(Topology):
         if pid is None:
             return EngineStatus(False, detail="not launched")
         # Members first: a process that exits in between then shows as exited, with its code.
-        members = process.group_members(self.state.engine["pgid"], self.spec.name)
+        members = process.group_members(
+            self.state.engine["pgid"], self.spec.name, self.state.engine.get("start_ticks")
+        )
         st = process.state(pid)
         if not st.alive:
             return EngineStatus(False, st.exit_code, f"pid {pid} exited")
@@ -195,7 +217,9 @@ class LocalTopology(Topology):
         eng = self.state.engine
         if not eng:
             return {"stopped": False}
-        result = process.stop_group(eng["pgid"], self.spec.name, self.spec.local.stop_grace_s)
+        result = process.stop_group(
+            eng["pgid"], self.spec.name, self.spec.local.stop_grace_s, eng.get("start_ticks")
+        )
         process.wait_port_free(eng.get("host", self.host), eng.get("port", self.port), timeout_s=10)
         self.state.engine = {}
         self.save()
@@ -209,6 +233,19 @@ class LocalTopology(Topology):
                 + (f" by {owner}" if owner else "")
                 + "; stop that process or set access.port to a free port"
             )
+
+
+@contextmanager
+def _directory_lock(root: Path):
+    # In ServeNest's own cache: a user's model directory (or its parent) is never written.
+    lock = paths.models_dir() / ".locks" / f"{paths.safe_component(str(root))}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _inherited_env() -> dict[str, str]:

@@ -6,6 +6,7 @@ about 45 s on these machines); each test still asserts one behaviour.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -63,17 +64,20 @@ def test_provision_registers_a_gated_endpoint(served):
     assert block.base_url == f"http://127.0.0.1:{spec.access.port}"
     assert block.served_model_name == "tiny"
     assert [s["name"] for s in block.last_gate["stages"]] == [
-        "process alive", "/health 200", "/v1/models lists served name",
+        "process alive", "/health 200", "API key required", "/v1/models lists served name",
         "streamed chat completion", "/metrics idle",
     ]
     state = load_state(NAME)
-    assert process.group_members(state.engine["pgid"], NAME), "engine process group not running"
+    members = process.group_members(state.engine["pgid"], NAME, state.engine["start_ticks"])
+    # API server, engine core and worker: the children renamed themselves (setproctitle)
+    # and still count as the engine's.
+    assert len(members) >= 3, f"engine session has {members}"
     assert [r["stage"] for r in result["stages"]][:4] == ["validate", "provision", "stage weights", "launch"]
 
 
 def test_key_never_on_the_engine_command_line(served):
     state = load_state(NAME)
-    for pid in process.group_members(state.engine["pgid"], NAME):
+    for pid in process.session_members(state.engine["pgid"]):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         assert TEST_KEY not in cmdline
     assert TEST_KEY not in state_path(NAME).read_text()
@@ -133,6 +137,65 @@ def test_wrong_key_fails_the_gate_with_401(served):
     assert topology.status().running, "a failed gate must not stop a serving engine"
 
 
+def test_benchmark_flow_measures_gates_and_keeps_history(served):
+    from flows.benchmark import benchmark
+
+    small = {"num_prompts": 30, "request_rate": 30.0, "random_input_len": 32, "random_output_len": 16}
+    first = benchmark(NAME, overrides=small)
+    second = benchmark(NAME, overrides=small)
+    for result in (first, second):
+        assert result["valid"] is True and result["violations"] == []
+        assert result["row"]["completed"] == 30 and result["row"]["failed"] == 0
+    history = json.loads(_artifact(f"bench-{NAME}").data)
+    assert [r["date"] for r in history][-2:] == [first["row"]["date"], second["row"]["date"]]
+    requests = json.loads(_artifact(f"bench-requests-{NAME}").data)
+    assert len(requests) == 30 and all(r["output_len"] == 16 for r in requests)
+
+
+def test_benchmark_refuses_bad_input_before_running(served):
+    from servenest.bench.run import BenchSettings, run_benchmark
+    from servenest.errors import BenchmarkInputError
+
+    spec, _ = served
+    base = dict(base_url=f"http://127.0.0.1:{spec.access.port}", model="servenest/tiny-qwen2",
+                served_model_name="tiny", tokenizer=load_state(NAME).weights["dir"],
+                num_prompts=5, random_input_len=16, random_output_len=4)
+    with pytest.raises(BenchmarkInputError, match="rejected the API key"):
+        run_benchmark(BenchSettings(**base, api_key="sk-wrong-000000000"))
+    with pytest.raises(BenchmarkInputError, match="tiny"):
+        run_benchmark(BenchSettings(**{**base, "served_model_name": "not-served"}, api_key=TEST_KEY))
+    with pytest.raises(BenchmarkInputError, match="request-rate"):
+        run_benchmark(BenchSettings(**base, request_rate=0, api_key=TEST_KEY))
+    with pytest.raises(BenchmarkInputError):
+        run_benchmark(BenchSettings(**{**base, "base_url": "http://127.0.0.1:9"}, api_key=TEST_KEY))
+
+
+def test_bench_cli_takes_vllms_flags_and_saves_vllms_json(served, prefect_server, tmp_path):
+    sharegpt = tmp_path / "sharegpt.json"
+    sharegpt.write_text(json.dumps([
+        {"id": f"c{i}", "conversations": [
+            {"from": "human", "value": f"Question {i}: " + "tell me about serving models " * (i % 7 + 1)},
+            {"from": "gpt", "value": "Serving models is about latency and throughput. " * (i % 5 + 1)}]}
+        for i in range(40)
+    ] + [{"id": "short", "conversations": [{"from": "human", "value": "hi"}]}]))
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "servenest"), "bench", "--deployment", NAME,
+         "--dataset-name", "sharegpt", "--dataset-path", str(sharegpt), "--num-prompts", "20",
+         "--request-rate", "20", "--sharegpt-output-len", "8", "--ignore-eos", "--temperature", "0",
+         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+         "--save-result", "--result-dir", str(tmp_path), "--result-filename", "r.json"],
+        capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": prefect_server, "HOME": str(Path.home())},
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Serving Benchmark Result" in out.stdout and "Successful requests:" in out.stdout
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["completed"] == 20 and saved["total_output_tokens"] == 20 * 8
+    for key in ("request_throughput", "output_throughput", "median_ttft_ms", "p99_itl_ms",
+                "p50_e2el_ms", "mean_tpot_ms", "max_concurrent_requests", "model_id"):
+        assert key in saved
+
+
 def test_relaunch_changes_engine_arguments_without_restaging(served):
     spec, _ = served
     before = load_state(NAME)
@@ -140,7 +203,7 @@ def test_relaunch_changes_engine_arguments_without_restaging(served):
     after = load_state(NAME)
     assert _models(spec)["max_model_len"] == 512
     assert after.engine["pid"] != before.engine["pid"]
-    assert not process.group_members(before.engine["pgid"], NAME), "old engine still running"
+    assert not process.session_members(before.engine["pgid"]), "old engine still running"
     assert after.weights == before.weights
     assert "stage weights" not in [r["stage"] for r in result["stages"]]
 
@@ -158,7 +221,7 @@ def test_teardown_stops_everything_and_is_safe_twice(served):
     pgid = load_state(NAME).engine["pgid"]
     first = teardown(NAME)
     assert first["torn_down"] is True
-    assert not process.group_members(pgid, NAME)
+    assert not process.session_members(pgid), "engine processes left after teardown"
     assert process.port_is_free("127.0.0.1", spec.access.port)
     assert load_state(NAME) is None
     with pytest.raises(ValueError, match="Unable to find block document"):

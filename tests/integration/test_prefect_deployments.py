@@ -68,9 +68,9 @@ def test_provision_and_teardown_run_as_deployments(worker, make_spec):
                   "--watch", "--watch-timeout", "400", timeout=450)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     state = load_state("it-deploy")
-    assert state is not None and process.group_members(state.engine["pgid"], "it-deploy")
+    assert state is not None and process.session_members(state.engine["pgid"])
     run = prefect("deployment", "run", "teardown/local-tiny", "--param", "name=it-deploy",
                   "--watch", "--watch-timeout", "120", timeout=180)
     assert run.returncode == 0, run.stdout[-3000:]
     assert load_state("it-deploy") is None
-    assert not process.group_members(state.engine["pgid"], "it-deploy")
+    assert not process.session_members(state.engine["pgid"])

@@ -23,6 +23,7 @@ KEY = "sk-unit-test-key-0123456789"
 STAGES = [
     "process alive",
     "/health 200",
+    "API key required",
     "/v1/models lists served name",
     "streamed chat completion",
     "/metrics idle",
@@ -62,7 +63,7 @@ class FakeVLLM:
                 self.wfile.write(data)
 
             def _authorized(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {fake.api_key}":
+                if getattr(fake, "open", False) or self.headers.get("Authorization") == f"Bearer {fake.api_key}":
                     return True
                 self._send(401, json.dumps({"error": "Unauthorized"}))
                 return False
@@ -222,8 +223,8 @@ def test_wrong_key_fails_at_the_models_stage_with_401(fake):
     assert "'/v1/models lists served name'" in msg
     assert "401" in msg
     assert "sk-wrong-key-000000" not in msg
-    assert [s.name for s in err.stages] == STAGES[:3]
-    assert [s.ok for s in err.stages] == [True, True, False]
+    assert [s.name for s in err.stages] == STAGES[:4]
+    assert [s.ok for s in err.stages] == [True, True, True, False]
 
 
 def test_served_name_not_listed_fails(fake):
@@ -341,3 +342,15 @@ def test_gate_failure_shows_an_early_error_pushed_out_by_a_long_log(fake):
     assert "error: unrecognized arguments: --bogus" in str(err)
     assert "INFO line 99" in str(err)
     assert "INFO line 10\n" not in str(err)
+
+
+def test_an_endpoint_that_needs_no_key_fails_the_gate(fake):
+    fake.open = True  # e.g. an engine that never received its key
+    err = failed_gate(fake.target())
+    assert "'API key required'" in str(err) and "the endpoint is open" in str(err)
+
+
+def test_a_serving_endpoint_is_not_required_to_be_idle(fake):
+    fake.running_sequence = [3.0] * 1000  # busy with other clients' requests
+    report = gate(fake.target(), expect_idle=False)
+    assert report.passed and "/metrics idle" not in [s.name for s in report.stages]

@@ -17,6 +17,7 @@ ENTRYPOINTS = {
     "flows/provision.py:provision": "provision",
     "flows/launch.py:launch": "launch",
     "flows/health_gate.py:health_gate": "health-gate",
+    "flows/benchmark.py:benchmark": "benchmark",
     "flows/teardown.py:teardown": "teardown",
 }
 
@@ -40,7 +41,7 @@ def test_entrypoints_are_flows_with_the_names_the_readme_uses(entrypoint, name):
     assert flow_name(entrypoint) == name
 
 
-def test_render_has_four_deployments_per_spec_file():
+def test_render_has_a_deployment_per_flow_per_spec_file():
     doc = yaml.safe_load(render(DEPLOYMENTS_DIR))
     assert doc["name"] == "servenest"
     files = spec_files(DEPLOYMENTS_DIR)
@@ -58,8 +59,9 @@ def test_render_has_four_deployments_per_spec_file():
         assert load_spec_data(provision["parameters"]["spec"]) == spec
         assert by_entry["flows/launch.py:launch"]["parameters"] == {"name": spec.name, "engine": {}}
         assert by_entry["flows/health_gate.py:health_gate"]["parameters"] == {"name": spec.name}
+        assert by_entry["flows/benchmark.py:benchmark"]["parameters"] == {"name": spec.name}
         assert by_entry["flows/teardown.py:teardown"]["parameters"] == {"name": spec.name}
-    assert len(doc["deployments"]) == 4 * len(files)
+    assert len(doc["deployments"]) == len(ENTRYPOINTS) * len(files)
 
 
 def test_committed_prefect_yaml_equals_render():
@@ -73,7 +75,7 @@ def test_render_of_another_directory(tmp_path, spec_dict):
     (tmp_path / "notes.txt").write_text("ignored")
     text = render(tmp_path)
     doc = yaml.safe_load(text)
-    assert [d["name"] for d in doc["deployments"]] == ["first"] * 4 + ["second"] * 4
+    assert [d["name"] for d in doc["deployments"]] == ["first"] * len(ENTRYPOINTS) + ["second"] * len(ENTRYPOINTS)
     assert "&id" not in text and "*id" not in text  # no YAML aliases
     assert text == render(tmp_path)  # deterministic
 

@@ -166,3 +166,35 @@ def test_tail_of_a_short_file(tmp_path, lines):
     log = tmp_path / "short.log"
     log.write_text("only\n")
     assert process.tail(log, lines) == ["only"]
+
+
+def test_children_that_lost_the_mark_are_still_stopped(tmp_path, process_groups):
+    # vLLM's engine core and workers call setproctitle, which overwrites the environment
+    # /proc shows; the session and the leader's start time still identify them.
+    proc = start("env -u SERVENEST_DEPLOYMENT sleep 300 & env -u SERVENEST_DEPLOYMENT sleep 300 & wait",
+                 tmp_path, process_groups)
+    ticks = process.start_ticks(proc.pid)
+    assert wait_for(lambda: len(process.session_members(proc.pid)) == 3)
+    result = process.stop_group(proc.pid, DEPLOYMENT, grace_s=2, leader_start=ticks)
+    assert result["signalled"] == 3
+    assert wait_for(lambda: not live_group(proc.pid))
+    assert not process.session_members(proc.pid)
+
+
+def test_orphaned_children_of_a_dead_leader_are_stopped(tmp_path, process_groups):
+    proc = start("env -u SERVENEST_DEPLOYMENT sleep 300 & env -u SERVENEST_DEPLOYMENT sleep 300 & exit 0",
+                 tmp_path, process_groups)
+    ticks = process.start_ticks(proc.pid)
+    proc.wait(timeout=5)
+    assert wait_for(lambda: len(process.session_members(proc.pid)) == 2), "children should outlive the leader"
+    result = process.stop_group(proc.pid, DEPLOYMENT, grace_s=2, leader_start=ticks)
+    assert result["signalled"] == 2
+    assert wait_for(lambda: not process.session_members(proc.pid))
+
+
+def test_a_leader_with_another_start_time_is_not_ours(tmp_path, process_groups):
+    proc = start("sleep 300", tmp_path, process_groups, mark=None)
+    ticks = process.start_ticks(proc.pid)
+    assert process.group_members(proc.pid, DEPLOYMENT, leader_start=ticks + 1) == []
+    assert process.stop_group(proc.pid, DEPLOYMENT, grace_s=1, leader_start=ticks + 1)["signalled"] == 0
+    assert process.session_members(proc.pid) == [proc.pid]

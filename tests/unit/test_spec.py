@@ -362,3 +362,27 @@ def test_with_engine_revalidates(make_spec, changes, field):
     with pytest.raises(SpecError) as info:
         spec.with_engine(**changes)
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize("var", ["HF_TOKEN", "MODELSCOPE_API_TOKEN", "ALIBABA_CLOUD_ACCESS_KEY_ID",
+                                 "MY_SERVICE_PASSWORD", "OPENAI_API_KEY"])
+def test_credentials_in_engine_env_are_refused_by_pattern(spec_dict, var):
+    data = spec_dict()
+    data["engine"] = {**data.get("engine", {}), "env": {var: "x"}}
+    with pytest.raises(SpecError, match=var):
+        load_spec_data(data)
+
+
+@pytest.mark.parametrize("flag", ["--api-k", "--api-ke=x", "--served-model"])
+def test_abbreviations_of_managed_flags_are_refused(spec_dict, flag):
+    data = spec_dict()
+    data["engine"] = {**data.get("engine", {}), "extra_args": [flag, "v"]}
+    with pytest.raises(SpecError, match="is set by ServeNest"):
+        load_spec_data(data)
+
+
+def test_the_local_topology_refuses_sglang(spec_dict):
+    data = spec_dict()
+    data["engine"] = {**data.get("engine", {}), "kind": "sglang"}
+    with pytest.raises(SpecError, match="local topology runs vLLM"):
+        load_spec_data(data)

@@ -1,0 +1,372 @@
+"""The load runner: sends a precomputed schedule the way ``vllm bench serve`` (vLLM 0.32,
+``benchmark()`` in ``vllm/benchmarks/serve.py``) does, and records what the client itself did.
+
+- A pre-run check (:func:`check_endpoint`) turns bad input into a :class:`BenchmarkInputError`
+  before anything is measured: unreachable endpoint, rejected API key, a model the server does
+  not serve, a first request that fails (vLLM's "initial test run").
+- ``num_warmups`` copies of the first request run first, under the concurrency cap, unmeasured.
+- Then ``gc.freeze()``; ``start = perf_counter()`` (vLLM's ``benchmark_start_time``); request
+  ``i`` is handed to its task at ``start + offsets[i]`` (absolute times, no drift), and waits on
+  ``asyncio.Semaphore(max_concurrency)`` when there is a cap. ``duration_s`` runs from ``start``
+  to after ``gather`` of all requests.
+- Client validity data: per request ``scheduled_s`` and ``sent_s`` (send lag), the process CPU
+  time over the run, and the peak number of requests in flight.
+
+Everything runs on a uvloop event loop of its own, so :func:`run_load` works from a plain
+thread; called from inside a running loop it runs in a helper thread.
+
+With ``workers > 1`` the one global schedule is partitioned round-robin among that many
+processes that share the same absolute start (``perf_counter`` is the system-wide monotonic
+clock), each with its own client and an equal share of the concurrency cap; their results
+merge back in request order. Use it when a single client process runs short of CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import math
+import multiprocessing
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import orjson
+import uvloop
+
+from servenest.bench.request import Endpoint, api_url_for, check_backend, make_client
+from servenest.bench.types import LoadRun, RequestResult, SampleRequest
+from servenest.errors import BenchmarkInputError
+
+T = TypeVar("T")
+
+CHECK_CONNECT_TIMEOUT_S = 10.0
+CHECK_REQUEST_TIMEOUT_S = 600.0  # vLLM waits up to 600 s for the endpoint by default
+# Sharded start: the workers begin this long after the last one reports ready.
+SHARD_START_MARGIN_S = 0.25
+
+_perf_counter = time.perf_counter
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a fresh uvloop loop; from a thread with a running loop,
+    in a helper thread (a loop cannot be nested)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="servenest-bench") as pool:
+        return pool.submit(run_sync, coro).result()
+
+
+# -- the pre-run check -------------------------------------------------------------------------
+
+
+def check_endpoint(
+    base_url: str,
+    endpoint: str,
+    backend: str,
+    model_name: str,
+    api_key: str | None,
+    first_request: SampleRequest,
+    *,
+    ignore_eos: bool = False,
+    extra_body: dict[str, Any] | None = None,
+    timeout_s: float = CHECK_REQUEST_TIMEOUT_S,
+) -> RequestResult:
+    """Raise :class:`BenchmarkInputError` if the run could not work; else return the first
+    request's result (it is not part of the measurement)."""
+    api_url = api_url_for(base_url, endpoint)
+    try:
+        check_backend(backend, api_url)
+    except ValueError as exc:
+        raise BenchmarkInputError(str(exc)) from None
+    return run_sync(
+        _check_endpoint(base_url, api_url, backend, model_name, api_key, first_request,
+                        ignore_eos, extra_body, timeout_s)
+    )
+
+
+def _key_rejected(api_key: str | None, where: str) -> BenchmarkInputError:
+    hint = "no API key was given" if not api_key else "check the key"
+    return BenchmarkInputError(f"the endpoint rejected the API key ({where}); {hint}")
+
+
+async def _check_endpoint(
+    base_url: str,
+    api_url: str,
+    backend: str,
+    model_name: str,
+    api_key: str | None,
+    first_request: SampleRequest,
+    ignore_eos: bool,
+    extra_body: dict[str, Any] | None,
+    timeout_s: float,
+) -> RequestResult:
+    client = make_client(1, base_url)
+    try:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        models_url = api_url_for(base_url, "/v1/models")
+        try:
+            response = await client.get(
+                models_url, headers=headers,
+                timeout=httpx.Timeout(CHECK_CONNECT_TIMEOUT_S),
+            )
+        except httpx.InvalidURL as exc:
+            raise BenchmarkInputError(f"bad endpoint URL {base_url!r}: {exc}") from None
+        except (httpx.TransportError, OSError) as exc:
+            reason = str(exc.__cause__ or exc) or type(exc).__name__
+            raise BenchmarkInputError(
+                f"cannot reach the endpoint at {base_url}: {reason}"
+            ) from None
+        if response.status_code in (401, 403):
+            raise _key_rejected(api_key, f"HTTP {response.status_code} on GET /v1/models")
+        if response.status_code == 200:
+            try:
+                served = [m["id"] for m in orjson.loads(response.content)["data"]]
+            except (ValueError, KeyError, TypeError):
+                served = None  # not an OpenAI model list; the first request will tell
+            if served is not None and model_name not in served:
+                raise BenchmarkInputError(
+                    f"the endpoint does not serve model {model_name!r}; it serves: "
+                    + (", ".join(repr(m) for m in served) or "nothing")
+                )
+        # Any other status (a server without /v1/models): the first request decides.
+        ep = Endpoint(api_url, model_name, backend, api_key=api_key, ignore_eos=ignore_eos,
+                      extra_body=extra_body)
+        try:
+            result = await asyncio.wait_for(ep.send(client, first_request), timeout_s)
+        except TimeoutError:
+            raise BenchmarkInputError(
+                f"the first request to {api_url} got no complete answer in {timeout_s:g} s"
+            ) from None
+        if not result.success:
+            if result.error.startswith(("HTTP 401", "HTTP 403")):
+                raise _key_rejected(api_key, f"{result.error.split(':', 1)[0]} on POST {api_url}")
+            raise BenchmarkInputError(f"the first request to {api_url} failed: {result.error}")
+        return result
+    finally:
+        await client.aclose()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def run_load(
+    base_url: str,
+    endpoint: str,
+    backend: str,
+    model_name: str,
+    requests: Sequence[SampleRequest],
+    offsets: np.ndarray | Sequence[float],
+    *,
+    api_key: str | None = None,
+    max_concurrency: int | None = None,
+    num_warmups: int = 0,
+    ignore_eos: bool = False,
+    extra_body: dict[str, Any] | None = None,
+    workers: int = 1,
+) -> LoadRun:
+    """Send ``requests[i]`` at ``offsets[i]`` seconds after the start and return what each saw.
+
+    ``offsets`` are absolute send times from the benchmark start (the schedule module's
+    output, vLLM's cumulated ``delay_ts``); 0 means "at once" (request rate inf).
+    """
+    api_url = api_url_for(base_url, endpoint)
+    try:
+        check_backend(backend, api_url)
+    except ValueError as exc:
+        raise BenchmarkInputError(str(exc)) from None
+    offs = [float(x) for x in np.asarray(offsets, dtype=float).ravel()]
+    if len(offs) != len(requests):
+        raise BenchmarkInputError(
+            f"{len(requests)} requests but {len(offs)} send offsets; they must pair up"
+        )
+    if not requests:
+        raise BenchmarkInputError("no requests to send")
+    if not all(math.isfinite(x) and x >= 0 for x in offs):
+        raise BenchmarkInputError("send offsets must be finite and >= 0")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise BenchmarkInputError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    if workers < 1:
+        raise BenchmarkInputError(f"workers must be >= 1, got {workers}")
+    args = (api_url, model_name, backend, api_key, ignore_eos, extra_body)
+    if workers > 1 and len(requests) > 1:
+        return _run_sharded(args, list(requests), offs, max_concurrency, num_warmups,
+                            min(workers, len(requests)))
+    return run_sync(_run(args, list(requests), offs, max_concurrency, num_warmups))
+
+
+async def _warm_up(ep: Endpoint, client, req: SampleRequest, n: int, cap: int | None) -> None:
+    if n <= 0:
+        return
+    sem = asyncio.Semaphore(cap) if cap else contextlib.nullcontext()
+
+    async def one():
+        async with sem:
+            await ep.send(client, req)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+def _freeze_gc() -> None:
+    # vLLM's freeze_gc_heap: move everything to the oldest generation, then freeze it, so the
+    # collector does not walk the static data (dataset, client) during the run.
+    gc.collect(0)
+    gc.collect(1)
+    gc.collect(2)
+    gc.freeze()
+
+
+async def _sleep_until(target: float) -> None:
+    """Sleep until perf_counter() >= target, never waking early. uvloop's timers have 1 ms
+    resolution (rounded), so sleep whole milliseconds rounded up, then yield for the rest."""
+    delay = target - _perf_counter()
+    if delay > 0.0005:
+        await asyncio.sleep(math.ceil(delay * 1000.0) / 1000.0)
+    while _perf_counter() < target:
+        await asyncio.sleep(0)
+
+
+async def _run(
+    args: tuple,
+    requests: list[SampleRequest],
+    offsets: list[float],
+    max_concurrency: int | None,
+    num_warmups: int,
+    indices: list[int] | None = None,
+    start_at=None,
+) -> LoadRun:
+    api_url, model_name, backend, api_key, ignore_eos, extra_body = args
+    ep = Endpoint(api_url, model_name, backend, api_key=api_key, ignore_eos=ignore_eos,
+                  extra_body=extra_body)
+    client = make_client(max_concurrency, api_url)
+    frozen = False
+    try:
+        await _warm_up(ep, client, requests[0], num_warmups, max_concurrency)
+        send = ep.send
+        sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        inflight = 0
+        peak = 0
+
+        async def limited(i: int, req: SampleRequest, scheduled: float, start: float):
+            nonlocal inflight, peak
+            if sem is not None:
+                async with sem:
+                    inflight += 1
+                    if inflight > peak:
+                        peak = inflight
+                    try:
+                        return await send(client, req, i, scheduled, start)
+                    finally:
+                        inflight -= 1
+            inflight += 1
+            if inflight > peak:
+                peak = inflight
+            try:
+                return await send(client, req, i, scheduled, start)
+            finally:
+                inflight -= 1
+
+        if indices is None:
+            indices = list(range(len(requests)))
+        create_task = asyncio.get_running_loop().create_task
+        _freeze_gc()
+        frozen = True
+        if start_at is not None:  # sharded: every worker starts at the same absolute moment
+            start = await start_at()
+        else:
+            start = _perf_counter()
+        cpu0 = time.process_time()
+        tasks = []
+        for i, req, offset in zip(indices, requests, offsets, strict=True):
+            if offset > 0 and _perf_counter() < start + offset:
+                await _sleep_until(start + offset)
+            tasks.append(create_task(limited(i, req, offset, start)))
+        results = await asyncio.gather(*tasks)
+        duration = _perf_counter() - start
+        cpu = time.process_time() - cpu0
+        return LoadRun(results=list(results), duration_s=duration, client_cpu_s=cpu,
+                       max_concurrent=peak)
+    finally:
+        await client.aclose()
+        if frozen:
+            gc.unfreeze()
+
+
+# -- sharding ----------------------------------------------------------------------------------
+
+
+def _shard_worker(conn, args, requests, offsets, indices, cap, num_warmups) -> None:
+    async def start_at() -> float:
+        conn.send(("ready", None))
+        start = conn.recv()  # the shared absolute start (perf_counter, system-wide monotonic)
+        await _sleep_until(start)
+        return start
+
+    try:
+        run = run_sync(_run(args, requests, offsets, cap, num_warmups, indices, start_at))
+        conn.send(("done", run))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _run_sharded(args, requests, offsets, max_concurrency, num_warmups, workers) -> LoadRun:
+    ctx = multiprocessing.get_context("spawn")
+    caps = [None] * workers
+    if max_concurrency:
+        # An equal share of the global cap each (at least 1): the sum is the cap.
+        workers = min(workers, max_concurrency)
+        caps = [max_concurrency // workers + (1 if w < max_concurrency % workers else 0)
+                for w in range(workers)]
+    procs, conns = [], []
+    try:
+        for w in range(workers):
+            idx = list(range(w, len(requests), workers))
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_shard_worker, daemon=True,
+                args=(child, args, [requests[i] for i in idx], [offsets[i] for i in idx], idx,
+                      caps[w], -(-num_warmups // workers) if num_warmups else 0),
+            )
+            proc.start()
+            child.close()
+            procs.append(proc)
+            conns.append(parent)
+        for conn in conns:
+            kind, payload = conn.recv()
+            if kind == "error":
+                raise RuntimeError(f"a load worker failed before the run: {payload}")
+        start = _perf_counter() + SHARD_START_MARGIN_S
+        for conn in conns:
+            conn.send(start)
+        runs: list[LoadRun] = []
+        for conn in conns:
+            kind, payload = conn.recv()
+            if kind == "error":
+                raise RuntimeError(f"a load worker failed: {payload}")
+            runs.append(payload)
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in conns:
+            conn.close()
+    results: list[RequestResult] = [r for run in runs for r in run.results]
+    results.sort(key=lambda r: r.index)
+    return LoadRun(
+        results=results,
+        duration_s=max(run.duration_s for run in runs),
+        client_cpu_s=sum(run.client_cpu_s for run in runs),
+        # Peaks of different workers need not coincide: the sum is an upper bound.
+        max_concurrent=sum(run.max_concurrent for run in runs),
+    )
