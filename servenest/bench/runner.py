@@ -49,6 +49,9 @@ CHECK_REQUEST_TIMEOUT_S = 600.0  # vLLM waits up to 600 s for the endpoint by de
 # Sharded start: the workers begin this long after the last one reports ready.
 SHARD_START_MARGIN_S = 0.25
 
+# The last part of a wait before a send is spent yielding to the loop, not in a timer.
+SPIN_WINDOW_S = 0.0003
+
 _perf_counter = time.perf_counter
 
 
@@ -224,11 +227,18 @@ def _freeze_gc() -> None:
 
 
 async def _sleep_until(target: float) -> None:
-    """Sleep until perf_counter() >= target, never waking early. uvloop's timers have 1 ms
-    resolution (rounded), so sleep whole milliseconds rounded up, then yield for the rest."""
+    """Sleep until ``perf_counter() >= target``, never waking early.
+
+    uvloop's timers count whole milliseconds (``sleep(d)`` lasts ``round(d)`` ms), so a plain
+    ``sleep`` lands up to 0.5 ms early or late, and rounding up makes every send up to 1 ms
+    late (0.5 ms on average). Instead: sleep the whole milliseconds that end no more than
+    ``SPIN_WINDOW_S`` before the target, then yield to the loop (which keeps serving I/O)
+    until the target passes. The yielding costs a few loop iterations per send.
+    """
     delay = target - _perf_counter()
-    if delay > 0.0005:
-        await asyncio.sleep(math.ceil(delay * 1000.0) / 1000.0)
+    whole_ms = math.ceil((delay - SPIN_WINDOW_S) * 1000.0)
+    if whole_ms > 0:
+        await asyncio.sleep(whole_ms / 1000.0)
     while _perf_counter() < target:
         await asyncio.sleep(0)
 
