@@ -26,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import gc
 import math
 import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -51,6 +54,8 @@ SHARD_START_MARGIN_S = 0.25
 
 # The last part of a wait before a send is spent yielding to the loop, not in a timer.
 SPIN_WINDOW_S = 0.0003
+# Wake the scheduler with a timerfd (Linux) rather than uvloop's millisecond timers.
+PRECISE_TIMER = True
 
 _perf_counter = time.perf_counter
 
@@ -227,13 +232,13 @@ def _freeze_gc() -> None:
 
 
 async def _sleep_until(target: float) -> None:
-    """Sleep until ``perf_counter() >= target``, never waking early.
+    """Sleep until ``perf_counter() >= target``, never waking early, on the loop's own timers.
 
     uvloop's timers count whole milliseconds (``sleep(d)`` lasts ``round(d)`` ms), so a plain
     ``sleep`` lands up to 0.5 ms early or late, and rounding up makes every send up to 1 ms
-    late (0.5 ms on average). Instead: sleep the whole milliseconds that end no more than
-    ``SPIN_WINDOW_S`` before the target, then yield to the loop (which keeps serving I/O)
-    until the target passes. The yielding costs a few loop iterations per send.
+    late. Instead: sleep the whole milliseconds that end no more than ``SPIN_WINDOW_S`` before
+    the target, then yield to the loop (which keeps serving I/O) until the target passes.
+    :class:`_PreciseTimer` does better where the kernel allows.
     """
     delay = target - _perf_counter()
     whole_ms = math.ceil((delay - SPIN_WINDOW_S) * 1000.0)
@@ -241,6 +246,80 @@ async def _sleep_until(target: float) -> None:
         await asyncio.sleep(whole_ms / 1000.0)
     while _perf_counter() < target:
         await asyncio.sleep(0)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _PreciseTimer:
+    """Absolute-time wake-ups at microsecond precision for the one scheduling coroutine: a
+    Linux ``timerfd`` on CLOCK_MONOTONIC (the clock of ``perf_counter``), armed for the exact
+    send time and watched by the event loop like a socket. No rounding to milliseconds and no
+    busy waiting. :meth:`create` returns None where it is unavailable."""
+
+    CLOCK_MONOTONIC = 1
+    TFD_NONBLOCK = 0o4000
+    TFD_CLOEXEC = 0o2000000
+    TFD_TIMER_ABSTIME = 1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, libc, fd: int):
+        self.loop = loop
+        self.libc = libc
+        self.fd = fd
+        self.waiter: asyncio.Future | None = None
+        self.spec = _Itimerspec()
+        loop.add_reader(fd, self._fired)
+
+    @classmethod
+    def create(cls, loop: asyncio.AbstractEventLoop) -> _PreciseTimer | None:
+        if not sys.platform.startswith("linux") or time.get_clock_info(
+            "perf_counter"
+        ).implementation != "clock_gettime(CLOCK_MONOTONIC)":
+            return None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(cls.CLOCK_MONOTONIC, cls.TFD_NONBLOCK | cls.TFD_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
+        if fd < 0:
+            return None
+        try:
+            return cls(loop, libc, fd)
+        except Exception:  # noqa: BLE001 - e.g. a loop that cannot watch this fd
+            os.close(fd)
+            return None
+
+    def _fired(self) -> None:
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            return
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def sleep_until(self, target: float) -> None:
+        sec = int(target)
+        value = self.spec.it_value
+        value.tv_sec = sec
+        value.tv_nsec = min(int((target - sec) * 1e9) + 1, 999_999_999)
+        if self.libc.timerfd_settime(self.fd, self.TFD_TIMER_ABSTIME, ctypes.byref(self.spec),
+                                     None) != 0:
+            await _sleep_until(target)
+            return
+        self.waiter = self.loop.create_future()
+        await self.waiter
+        while _perf_counter() < target:  # never early, whatever the clocks did
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
 
 
 async def _run(
@@ -257,6 +336,7 @@ async def _run(
                   extra_body=extra_body)
     client = make_client(max_concurrency, api_url)
     frozen = False
+    timer = None
     try:
         await _warm_up(ep, client, requests[0], num_warmups, max_concurrency)
         send = ep.send
@@ -285,7 +365,10 @@ async def _run(
 
         if indices is None:
             indices = list(range(len(requests)))
-        create_task = asyncio.get_running_loop().create_task
+        loop = asyncio.get_running_loop()
+        create_task = loop.create_task
+        timer = _PreciseTimer.create(loop) if PRECISE_TIMER else None
+        sleep_until = timer.sleep_until if timer is not None else _sleep_until
         _freeze_gc()
         frozen = True
         if start_at is not None:  # sharded: every worker starts at the same absolute moment
@@ -296,14 +379,19 @@ async def _run(
         tasks = []
         for i, req, offset in zip(indices, requests, offsets, strict=True):
             if offset > 0 and _perf_counter() < start + offset:
-                await _sleep_until(start + offset)
+                await sleep_until(start + offset)
             tasks.append(create_task(limited(i, req, offset, start)))
+        if timer is not None:
+            timer.close()
+            timer = None
         results = await asyncio.gather(*tasks)
         duration = _perf_counter() - start
         cpu = time.process_time() - cpu0
         return LoadRun(results=list(results), duration_s=duration, client_cpu_s=cpu,
                        max_concurrent=peak)
     finally:
+        if timer is not None:
+            timer.close()
         await client.aclose()
         if frozen:
             gc.unfreeze()
