@@ -3,7 +3,9 @@
 
 - Output tokens: ``usage.completion_tokens``; when a successful request has none, the
   generated text re-tokenized without special tokens (vLLM's fallback), else 1.
-- Input tokens: the client-side ``prompt_len`` of successful requests.
+- Input tokens: ``prompt_len`` of successful requests: the client-side count, replaced by
+  the server's ``usage.prompt_tokens`` when it reports one (as vLLM 0.32's request
+  functions do; the two differ for chat, where the server counts the chat template).
 - TPOT per request when output > 1: (latency - TTFT) / (output - 1); request-weighted.
 - ITL: every chunk gap of every request, concatenated; chunk-weighted.
 - Goodput: requests meeting every given SLO, with TPOT 0 for 1-token outputs.

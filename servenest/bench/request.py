@@ -8,7 +8,8 @@ Semantics, as vLLM has them:
   max_tokens=expected_output_len, logprobs=None, stream, stream_options.include_usage``; chat
   (backend ``openai-chat``): ``model, messages=[{role: user, content: [{type: text, text}]}],
   max_completion_tokens, stream, stream_options``. Then ``ignore_eos`` when asked, then
-  ``temperature=0.0`` (``vllm bench serve --temperature 0``) and ``extra_body``, which wins.
+  ``extra_body`` (sampling parameters such as ``temperature``: vLLM 0.32 sends none unless
+  asked).
 - ``Authorization: Bearer <key>`` only when a key is given.
 - ``st`` is taken just before the POST. The first SSE event with non-empty ``choices`` gives
   TTFT (even with empty text, and for chat whatever its delta carries: reasoning deltas count);
@@ -20,10 +21,12 @@ Semantics, as vLLM has them:
   ``success=False`` with a short ``error``; nothing raises out of :meth:`Endpoint.send`.
 
 Hot path: one shared ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport`` (pooled
-keep-alive aiohttp connections, 4 MiB read buffer), the body serialized with orjson, the
-response read as raw bytes from the transport's aiohttp stream and split on ``b"\\n\\n"``,
-events parsed with orjson; no tokenization, nothing allocated per request beyond the
-request itself.
+keep-alive aiohttp connections, 4 MiB read buffer, proxy looked up once, no cookie jar). Each
+request is an ``httpx.Request`` with prebuilt URL and headers handed straight to the client's
+transport (the client's auth/redirect/cookie layers are not needed); the body is serialized
+with orjson; the response is read as raw bytes from the transport's aiohttp stream
+(``iter_any``, as vLLM reads it), split on ``b"\n\n"`` and parsed with orjson. No
+tokenization; nothing is allocated per request beyond the request and its result.
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ class Endpoint:
         tail: dict[str, Any] = {}
         if ignore_eos:
             tail["ignore_eos"] = True
-        tail["temperature"] = 0.0
+        # vLLM 0.32 sends sampling parameters only when asked (`--temperature 0` is greedy);
+        # callers pass them in extra_body.
         if extra_body:
             tail.update(extra_body)
         self._tail = tail

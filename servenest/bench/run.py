@@ -138,7 +138,8 @@ def run_benchmark(settings: BenchSettings, requests: list[SampleRequest] | None 
     )
     runner.check_endpoint(
         settings.base_url, settings.endpoint, settings.backend, settings.model_name,
-        settings.api_key, requests[0],
+        settings.api_key, requests[0], ignore_eos=settings.effective_ignore_eos,
+        extra_body=extra_body(settings),
     )
     run = runner.run_load(
         settings.base_url, settings.endpoint, settings.backend, settings.model_name, requests,

@@ -372,7 +372,7 @@ async def _run(
         _freeze_gc()
         frozen = True
         if start_at is not None:  # sharded: every worker starts at the same absolute moment
-            start = await start_at()
+            start = await start_at(sleep_until)
         else:
             start = _perf_counter()
         cpu0 = time.process_time()
@@ -401,10 +401,10 @@ async def _run(
 
 
 def _shard_worker(conn, args, requests, offsets, indices, cap, num_warmups) -> None:
-    async def start_at() -> float:
+    async def start_at(sleep_until) -> float:
         conn.send(("ready", None))
         start = conn.recv()  # the shared absolute start (perf_counter, system-wide monotonic)
-        await _sleep_until(start)
+        await sleep_until(start)
         return start
 
     try:
@@ -425,6 +425,7 @@ def _run_sharded(args, requests, offsets, max_concurrency, num_warmups, workers)
         caps = [max_concurrency // workers + (1 if w < max_concurrency % workers else 0)
                 for w in range(workers)]
     procs, conns = [], []
+    finished = False
     try:
         for w in range(workers):
             idx = list(range(w, len(requests), workers))
@@ -451,8 +452,11 @@ def _run_sharded(args, requests, offsets, max_concurrency, num_warmups, workers)
             if kind == "error":
                 raise RuntimeError(f"a load worker failed: {payload}")
             runs.append(payload)
+        finished = True
     finally:
         for proc in procs:
+            if not finished:  # a failed worker leaves the others waiting: stop them now
+                proc.kill()
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()

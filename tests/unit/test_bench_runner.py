@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import urllib.request
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_sends_happen_at_their_scheduled_offsets(server):
     lags = np.array([r.send_lag_s for r in run.results])
     assert [r.scheduled_s for r in run.results] == pytest.approx(list(offsets))
     assert lags.min() >= 0  # never early
-    assert np.median(lags) < 0.003 and lags.max() < 0.03, lags
+    assert np.median(lags) < 0.003 and lags.max() < 0.05, lags
     assert run.duration_s >= offsets[-1]
 
 
@@ -103,6 +104,14 @@ def test_runs_when_called_from_inside_an_event_loop(server):
 
     run = asyncio.run(caller())
     assert all(r.success for r in run.results)
+
+
+def test_runs_from_a_thread_without_a_loop(server):
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("run", load(server, 3)))
+    thread.start()
+    thread.join(timeout=30)
+    assert all(r.success for r in box["run"].results)
 
 
 def test_sharded_run_keeps_the_global_schedule(server):
