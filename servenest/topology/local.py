@@ -167,6 +167,10 @@ class LocalTopology(Topology):
         env = {**self.spec.engine.env, process.MARK_ENV: self.spec.name}
         if hw.accelerator == "CPU":
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.spec.local.cpu_kvcache_gib)
+            if (os.cpu_count() or 1) >= 2:
+                # vLLM's CPU threads spin on every core they are given; keep one for the
+                # orchestrator and the load client, or a benchmark measures its own starvation.
+                env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")
         return [self.engine_python, "-m", self.engine.module, *args], env
 
     def plan(self) -> dict:

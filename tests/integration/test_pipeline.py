@@ -140,7 +140,10 @@ def test_wrong_key_fails_the_gate_with_401(served):
 def test_benchmark_flow_measures_gates_and_keeps_history(served):
     from flows.benchmark import benchmark
 
-    small = {"num_prompts": 30, "request_rate": 30.0, "random_input_len": 32, "random_output_len": 16}
+    # The engine shares this 2-core machine with the client, which it can starve for tens
+    # of milliseconds; send-lag validity is tested on its own (test_bench_run.py).
+    small = {"num_prompts": 30, "request_rate": 30.0, "random_input_len": 32, "random_output_len": 16,
+             "max_send_lag_ms": 2000.0}
     first = benchmark(NAME, overrides=small)
     second = benchmark(NAME, overrides=small)
     for result in (first, second):

@@ -1,0 +1,58 @@
+"""servenest/bench/run.py: settings checked before any request, and run validity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from servenest.bench.run import BenchSettings, measure, result_filename
+from servenest.bench.types import LoadRun, RequestResult, SampleRequest
+from servenest.errors import BenchmarkInputError
+
+BASE = {"base_url": "http://127.0.0.1:9", "model": "m/tiny"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"request_rate": 0}, "request-rate"), ({"request_rate": -5}, "request-rate"),
+    ({"burstiness": 0}, "burstiness"), ({"num_prompts": 0}, "num-prompts"),
+    ({"max_concurrency": 0}, "max-concurrency"), ({"backend": "tgi"}, "backend"),
+    ({"backend": "openai-chat"}, "chat/completions"), ({"goodput": {"itl": 5}}, "goodput"),
+    ({"percentile_metrics": ["ttft", "foo"]}, "percentile-metrics"),
+    ({"dataset_name": "sharegpt"}, "dataset-path"), ({"dataset_name": "sonnet"}, "dataset-name"),
+])
+def test_bad_settings_are_refused_before_the_run(change, message):
+    with pytest.raises(BenchmarkInputError, match=message):
+        BenchSettings(**BASE, **change).validate()
+
+
+def test_random_prompts_ignore_eos_as_vllm_does():
+    assert BenchSettings(**BASE).effective_ignore_eos is True
+    assert BenchSettings(**BASE, dataset_name="sharegpt", dataset_path="x").effective_ignore_eos is False
+
+
+def _run(lags_ms: list[float], cpu_s: float = 0.1, duration_s: float = 10.0) -> LoadRun:
+    return LoadRun([RequestResult(i, 8, True, 4, ttft=0.01, itl=[0.001] * 3, latency=0.013,
+                                  scheduled_s=i * 0.1, sent_s=i * 0.1 + lag / 1000)
+                    for i, lag in enumerate(lags_ms)], duration_s=duration_s, client_cpu_s=cpu_s)
+
+
+def test_a_client_that_fell_behind_makes_the_run_invalid():
+    reqs = [SampleRequest("p", 8, 4)] * 100
+    ok = measure(BenchSettings(**BASE), reqs, _run([0.2] * 100))
+    assert ok.valid and ok.result["valid"] is True
+    late = measure(BenchSettings(**BASE), reqs, _run([0.2] * 95 + [40.0] * 5))
+    assert not late.valid and "send lag p99" in late.invalid_reasons[0]
+    assert late.send_lag_p99_ms == pytest.approx(40.0, rel=0.01)
+    busy = measure(BenchSettings(**BASE), reqs, _run([0.2] * 100, cpu_s=9.5))
+    assert not busy.valid and "bottleneck" in busy.invalid_reasons[0]
+    tolerant = measure(BenchSettings(**BASE, max_send_lag_ms=100), reqs, _run([0.2] * 95 + [40.0] * 5))
+    assert tolerant.valid
+
+
+def test_result_header_and_filename_follow_vllm():
+    s = BenchSettings(**BASE, max_concurrency=8)
+    out = measure(s, [SampleRequest("p", 8, 4)] * 3, _run([0.1] * 3))
+    assert out.result["request_rate"] == "inf" and out.result["model_id"] == "m/tiny"
+    assert result_filename(s, "20261121-010203") == "openai-infqps-concurrency8-tiny-20261121-010203.json"
+    assert math.isinf(s.request_rate)
