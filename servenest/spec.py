@@ -225,6 +225,9 @@ class BenchmarkSpec(_Strict):
     temperature: float | None = Field(0.0, ge=0, description="Sent when set; 0 is greedy.")
     seed: int = 0
     tokenizer: str | None = Field(None, description="Tokenizer directory; default: the staged weights.")
+    max_send_lag_ms: float = Field(
+        10.0, gt=0, description="Send lag p99 above this marks the run invalid (client fell behind)."
+    )
     # Gate and trend.
     slo_p99_ttft_ms: float | None = Field(None, gt=0)
     slo_p99_tpot_ms: float | None = Field(None, gt=0)

@@ -37,7 +37,7 @@ def settings_for(
         sharegpt_output_len=b.sharegpt_output_len, random_input_len=b.random_input_len,
         random_output_len=b.random_output_len, ignore_eos=b.ignore_eos,
         temperature=b.temperature, goodput=slo_of(spec).goodput, label=spec.name,
-        api_key=api_key,
+        max_send_lag_ms=b.max_send_lag_ms, api_key=api_key,
     )
     if overrides:
         known = {f.name for f in fields(BenchSettings)} - {"api_key", "base_url"}

@@ -344,17 +344,8 @@ async def _run(
         inflight = 0
         peak = 0
 
-        async def limited(i: int, req: SampleRequest, scheduled: float, start: float):
+        async def tracked(i: int, req: SampleRequest, scheduled: float, start: float):
             nonlocal inflight, peak
-            if sem is not None:
-                async with sem:
-                    inflight += 1
-                    if inflight > peak:
-                        peak = inflight
-                    try:
-                        return await send(client, req, i, scheduled, start)
-                    finally:
-                        inflight -= 1
             inflight += 1
             if inflight > peak:
                 peak = inflight
@@ -362,6 +353,12 @@ async def _run(
                 return await send(client, req, i, scheduled, start)
             finally:
                 inflight -= 1
+
+        async def limited(i: int, req: SampleRequest, scheduled: float, start: float):
+            if sem is None:
+                return await tracked(i, req, scheduled, start)
+            async with sem:
+                return await tracked(i, req, scheduled, start)
 
         if indices is None:
             indices = list(range(len(requests)))

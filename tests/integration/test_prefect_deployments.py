@@ -64,11 +64,20 @@ def test_a_bad_spec_parameter_fails_the_run_with_the_reason(worker, make_spec):
 
 def test_provision_and_teardown_run_as_deployments(worker, make_spec):
     spec = make_spec("it-deploy", port=free_port()).model_dump(mode="json", exclude_unset=True)
+    # provision's last gate: a small benchmark (the engine shares the 2 cores with the client).
+    spec["benchmark"] = {**spec["benchmark"], "enabled": True, "num_prompts": 10, "request_rate": 10.0,
+                         "random_input_len": 16, "random_output_len": 8, "max_send_lag_ms": 2000.0}
     run = prefect("deployment", "run", "provision/local-tiny", "--params", json.dumps({"spec": spec}),
                   "--watch", "--watch-timeout", "400", timeout=450)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     state = load_state("it-deploy")
     assert state is not None and process.session_members(state.engine["pgid"])
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        history = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bench-it-deploy"])))
+    assert history, "provision's benchmark gate published no history"
     run = prefect("deployment", "run", "teardown/local-tiny", "--param", "name=it-deploy",
                   "--watch", "--watch-timeout", "120", timeout=180)
     assert run.returncode == 0, run.stdout[-3000:]
