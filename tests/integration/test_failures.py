@@ -115,3 +115,35 @@ def test_malformed_spec_file_is_refused_by_the_cli(tmp_path, prefect_server):
     assert "broken.yaml is invalid" in out.stderr
     for field in ("name:", "engine.tensor_parallel_size:", "access:"):
         assert field in out.stderr
+
+
+def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, prefect_server):
+    import json
+    import os
+    import signal
+
+    import yaml
+
+    from servenest import paths
+    from servenest.state import state_path
+
+    spec = make_spec("it-interrupt")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True)))
+    proc = subprocess.Popen([sys.executable, "-m", "servenest.cli", "up", str(path)], cwd=REPO,
+                            env={**os.environ, "PREFECT_API_URL": prefect_server},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    pgid = None
+    while time.monotonic() < deadline and pgid is None:  # wait until the engine was launched
+        try:
+            pgid = json.loads(state_path(spec.name).read_text())["engine"].get("pgid")
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    assert pgid, f"the engine was not launched (home {paths.home()})"
+    time.sleep(2)  # inside the gate, while the engine loads
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert proc.wait(timeout=120) != 0
+    assert not process.session_members(pgid), "the engine outlived the interrupted run"
+    assert_nothing_left(spec.name, spec.access.port)
