@@ -118,6 +118,7 @@ def test_malformed_spec_file_is_refused_by_the_cli(tmp_path, prefect_server):
 
 
 def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, prefect_server):
+    import contextlib
     import json
     import os
     import signal
@@ -136,10 +137,8 @@ def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, 
     deadline = time.monotonic() + 120
     pgid = None
     while time.monotonic() < deadline and pgid is None:  # wait until the engine was launched
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             pgid = json.loads(state_path(spec.name).read_text())["engine"].get("pgid")
-        except (OSError, ValueError, KeyError):
-            pass
         time.sleep(0.2)
     assert pgid, f"the engine was not launched (home {paths.home()})"
     time.sleep(2)  # inside the gate, while the engine loads
