@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from servenest.errors import SpecError
 from servenest.spec import load_spec_data
-from servenest.state import DeploymentState, load_state
-from servenest.topology import open_topology
+from servenest.state import DeploymentState, delete_state, load_state
+from servenest.topology import TOPOLOGIES, open_topology
 from tasks.infrastructure import teardown_deployment
 from tasks.registry import find_endpoint, forget_endpoint
 from tasks.shell import prefect_shell_runner
@@ -28,8 +29,15 @@ def teardown(name: str) -> dict:
     if spec_data is None:
         logger.info("nothing is registered or recorded as %s; nothing to tear down", name)
         return {"deployment": name, "torn_down": False}
-    topology = open_topology(load_spec_data(spec_data, origin=f"recorded spec of {name}"), state,
-                             run=prefect_shell_runner)
-    result = teardown_deployment(topology)
+    try:
+        spec = load_spec_data(spec_data, origin=f"recorded spec of {name}")
+    except SpecError as exc:
+        if state is None:
+            raise
+        logger.warning("%s; tearing down from the state record alone", exc)
+        result = TOPOLOGIES[state.topology].teardown_recorded(state)
+        delete_state(name)
+    else:
+        result = teardown_deployment(open_topology(spec, state, run=prefect_shell_runner))
     forget_endpoint(name)
     return {"deployment": name, "torn_down": True, **result}

@@ -26,4 +26,4 @@ def open_topology(
     return cls(spec, state, run)
 
 
-__all__ = ["Endpoint", "EngineStatus", "StagedWeights", "Topology", "open_topology"]
+__all__ = ["TOPOLOGIES", "Endpoint", "EngineStatus", "StagedWeights", "Topology", "open_topology"]

@@ -91,3 +91,9 @@ class Topology(ABC):
     @abstractmethod
     def teardown(self) -> dict:
         """Remove what this deployment created; safe to run twice."""
+
+    @classmethod
+    @abstractmethod
+    def teardown_recorded(cls, state: DeploymentState) -> dict:
+        """Teardown from the state record alone, for a recorded spec that no longer validates
+        (written by an older ServeNest): nothing may stay running because a schema moved."""

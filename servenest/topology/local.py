@@ -216,6 +216,16 @@ class LocalTopology(Topology):
         self.save()
         return {**stopped, "weights_kept": self.state.weights.get("dir")}
 
+    @classmethod
+    def teardown_recorded(cls, state) -> dict:
+        eng = state.engine
+        if not eng:
+            return {"stopped": False}
+        grace = (state.spec.get("local") or {}).get("stop_grace_s", 15.0)
+        result = process.stop_group(eng["pgid"], state.name, grace, eng.get("start_ticks"))
+        process.wait_port_free(eng.get("host", "127.0.0.1"), eng.get("port", 0), timeout_s=10)
+        return {"stopped": True, **result}
+
     # -- helpers --------------------------------------------------------------------------
     def _stop_engine(self) -> dict:
         eng = self.state.engine

@@ -146,3 +146,19 @@ def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, 
     assert proc.wait(timeout=120) != 0
     assert not process.session_members(pgid), "the engine outlived the interrupted run"
     assert_nothing_left(spec.name, spec.access.port)
+
+
+def test_teardown_of_a_record_whose_spec_no_longer_validates(tmp_path):
+    from servenest.state import DeploymentState, save_state
+
+    proc = process.start_group(["bash", "-c", "sleep 300 & wait"],
+                               {"PATH": "/usr/bin:/bin", process.MARK_ENV: "it-old"}, tmp_path / "e.log")
+    spec = {"name": "it-old", "model": "servenest/tiny-qwen2", "topology": "local",
+            "access": {"api_key_secret": "x"}, "field_from_an_older_version": True}
+    save_state(DeploymentState("it-old", "local", spec=spec, engine={
+        "pgid": proc.pid, "start_ticks": process.start_ticks(proc.pid), "host": "127.0.0.1", "port": 1}))
+    result = teardown("it-old")
+    assert result["torn_down"] is True
+    assert proc.wait(timeout=10) is not None
+    assert not process.session_members(proc.pid)
+    assert load_state("it-old") is None

@@ -304,3 +304,25 @@ def test_teardown_stops_the_engine_group_and_is_safe_twice(make_spec, tmp_path, 
     assert t.state.engine == {}
     assert load_state(spec.name).engine == {}  # recorded before returning
     assert t.teardown()["stopped"] is False
+
+
+def test_teardown_from_the_state_record_alone_stops_the_engine(tmp_path, process_groups):
+    # A recorded spec that no longer validates must not keep an engine running.
+    from servenest import process as proc_mod
+    from servenest.state import DeploymentState
+
+    proc = proc_mod.start_group(["bash", "-c", "sleep 300 & sleep 300 & wait"],
+                                {"PATH": "/usr/bin:/bin", proc_mod.MARK_ENV: "old-deploy"},
+                                tmp_path / "engine.log")
+    process_groups.append(proc)
+    import time
+
+    deadline = time.monotonic() + 5
+    while len(proc_mod.session_members(proc.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    state = DeploymentState("old-deploy", "local", spec={"local": {"stop_grace_s": 1}, "unknown": 1},
+                            engine={"pgid": proc.pid, "start_ticks": proc_mod.start_ticks(proc.pid),
+                                    "host": "127.0.0.1", "port": 1})
+    result = LocalTopology.teardown_recorded(state)
+    assert result["stopped"] and result["signalled"] == 3
+    assert not proc_mod.session_members(proc.pid)
