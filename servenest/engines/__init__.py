@@ -62,8 +62,9 @@ VLLM = EngineAdapter(
 SGLANG = EngineAdapter(
     kind="sglang",
     module="sglang.launch_server",
-    # sglang.launch_server reads --api-key only; the launch wrapper passes it from this
-    # variable on the host so that it never appears in ServeNest's own logs or templates.
+    # sglang.launch_server reads --api-key only: the container's start script reads the key
+    # from a root-only file mounted read-only and passes it from this variable, so it never
+    # appears in templates, `docker inspect` or ServeNest's logs.
     key_env="SGLANG_API_KEY",
     running_metric="sglang:num_running_reqs",
     waiting_metric="sglang:num_queue_reqs",

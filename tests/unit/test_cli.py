@@ -120,3 +120,27 @@ def test_unknown_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_plan_of_an_ecs_spec_holds_the_ros_template_and_host_scripts(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from servenest.cli import main
+
+    spec = tmp_path / "ecs.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "qwq-32b-8xa10", "model": "Qwen/QwQ-32B", "topology": "ecs-single",
+        "engine": {"max_model_len": 16384}, "weights": {"source": "modelscope"},
+        "access": {"api_key_secret": "qwq-key", "public": True, "allowed_cidrs": ["203.0.113.0/24"]},
+        "cloud": {"zones": ["cn-hangzhou-i"], "instance_types": ["ecs.gn7i-8x.16xlarge"], "bandwidth_mbps": 100},
+    }))
+    assert main(["plan", str(spec), "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    template = yaml.safe_load(plan["ros_template"])
+    kinds = {r["Type"] for r in template["Resources"].values()}
+    assert {"ALIYUN::ECS::VPC", "ALIYUN::ECS::SecurityGroup", "ALIYUN::ECS::Instance"} <= kinds
+    launch = plan["scripts"]["single"]["launch"]
+    assert "--tensor-parallel-size 8" in launch and "docker rm -f vllm" in launch
+    assert plan["fit"][0]["tensor_parallel_size"] == 8

@@ -1,0 +1,231 @@
+"""The ROS template of an ECS deployment (ecs-single: 1 instance; ecs-dual: master + worker).
+
+Pure functions: the same spec, zone and instance type give the same dict, so a stack
+update that changes nothing is a no-op. No cloud call happens here.
+
+Choices a reader should know:
+
+- Commands (weight staging, launch, teardown) reach the instances through Cloud
+  Assistant, whose agent connects out to Alibaba Cloud. The template therefore has no
+  ``UserData`` and opens **no port 22**.
+- The API key is not in the template at all: it is written to a root-only file on the
+  instance by a separate Cloud Assistant command (see ``servenest.cloud.scripts``), so no
+  ``NoEcho`` parameter is needed and the stack's stored template and parameters hold no
+  secret.
+- Ingress on the engine port comes exactly from ``access.allowed_cidrs``. ecs-dual also
+  gets one rule for all traffic between the nodes, limited to the VSwitch CIDR: Ray uses
+  6379 plus ephemeral worker/object-manager ports and NCCL picks ephemeral ports, so a
+  6379-only rule would hang the cluster.
+- Existing network (``cloud.vpc_id`` + ``cloud.vswitch_id``, optionally
+  ``cloud.security_group_id``): those resources are omitted and their ids used in place of
+  ``Ref``s. An existing security group is not modified (its owner manages its rules). With
+  an existing VSwitch and a new security group on ecs-dual, the VSwitch's CIDR arrives as
+  the ``VSwitchCidrBlock`` parameter (``template_parameters(..., vswitch_cidr=...)``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import yaml
+
+from servenest.catalog import get_instance_type
+from servenest.spec import DeploymentSpec
+
+TEMPLATE_VERSION = "2015-09-01"
+VPC_CIDR = "192.168.0.0/16"
+VSWITCH_CIDR = "192.168.0.0/24"
+# Fuzzy image id (ROS resolves it to the newest matching public image). The image must
+# carry the NVIDIA driver, docker and nvidia-container-toolkit (the launch script checks);
+# set cloud.image to a GPU/ComputeNest image that has them. ebmgn8v needs a UEFI image,
+# so for those types cloud.image is required.
+DEFAULT_IMAGE = "ubuntu_22"
+
+_CIDR_PARAMETER = "VSwitchCidrBlock"
+
+
+def _roles(spec: DeploymentSpec) -> list[str]:
+    if spec.topology == "ecs-single":
+        return ["single"]
+    if spec.topology == "ecs-dual":
+        return ["master", "worker"]
+    raise ValueError(f"ROS templates cover ecs-single and ecs-dual, not {spec.topology}")
+
+
+def _logical_name(role: str) -> str:
+    return {"single": "Instance", "master": "MasterInstance", "worker": "WorkerInstance"}[role]
+
+
+def _tags(spec: DeploymentSpec, role: str | None = None) -> list[dict[str, str]]:
+    tags = [
+        {"Key": "servenest:deployment", "Value": spec.name},
+        {"Key": "servenest:managed", "Value": "true"},
+    ]
+    if role:
+        tags.append({"Key": "servenest:role", "Value": role})
+    return tags
+
+
+def _network_mode(spec: DeploymentSpec) -> tuple[bool, bool]:
+    """(existing VPC+VSwitch, existing security group); refuses half-given networks."""
+    c = spec.cloud
+    if bool(c.vpc_id) != bool(c.vswitch_id):
+        raise ValueError("give cloud.vpc_id and cloud.vswitch_id together (or neither)")
+    if c.security_group_id and not c.vpc_id:
+        raise ValueError("cloud.security_group_id needs cloud.vpc_id and cloud.vswitch_id")
+    return bool(c.vpc_id), bool(c.security_group_id)
+
+
+def _check_placement(spec: DeploymentSpec, zone: str, instance_type: str) -> None:
+    if instance_type not in spec.cloud.instance_types:
+        raise ValueError(f"{instance_type} is not among cloud.instance_types {spec.cloud.instance_types}")
+    if spec.cloud.zones and zone not in spec.cloud.zones:
+        raise ValueError(f"zone {zone} is not among cloud.zones {spec.cloud.zones}")
+    if spec.access.public and spec.cloud.bandwidth_mbps == 0:
+        raise ValueError("access.public needs cloud.bandwidth_mbps > 0 (0 allocates no public IP)")
+    if not spec.cloud.image and "UEFI" in get_instance_type(instance_type).notes:
+        raise ValueError(f"{instance_type} needs a UEFI image; set cloud.image")
+
+
+def _ingress(cidr: str, port_range: str, protocol: str, description: str) -> dict[str, Any]:
+    key = "Ipv6SourceCidrIp" if ipaddress.ip_network(cidr).version == 6 else "SourceCidrIp"
+    rule: dict[str, Any] = {"IpProtocol": protocol, "PortRange": port_range}
+    rule[key] = cidr
+    rule.update({"Priority": 1, "NicType": "intranet", "Description": description})
+    return rule
+
+
+def render_template(spec: DeploymentSpec, zone: str, instance_type: str) -> dict[str, Any]:
+    """The ROS template (ROSTemplateFormatVersion 2015-09-01) for one placement of the spec."""
+    roles = _roles(spec)
+    _check_placement(spec, zone, instance_type)
+    existing_net, existing_sg = _network_mode(spec)
+    c = spec.cloud
+    port = spec.access.port
+    template: dict[str, Any] = {
+        "ROSTemplateFormatVersion": TEMPLATE_VERSION,
+        "Description": (
+            f"ServeNest {spec.name}: {spec.model} ({spec.engine.kind}) on "
+            f"{len(roles)} x {instance_type} in {zone}"
+        ),
+    }
+    parameters: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+
+    if existing_net:
+        vpc_id: Any = c.vpc_id
+        vswitch_id: Any = c.vswitch_id
+    else:
+        resources["Vpc"] = {
+            "Type": "ALIYUN::ECS::VPC",
+            "Properties": {"CidrBlock": VPC_CIDR, "VpcName": f"servenest-{spec.name}", "Tags": _tags(spec)},
+        }
+        resources["VSwitch"] = {
+            "Type": "ALIYUN::ECS::VSwitch",
+            "Properties": {
+                "VpcId": {"Ref": "Vpc"}, "ZoneId": zone, "CidrBlock": VSWITCH_CIDR,
+                "VSwitchName": f"servenest-{spec.name}", "Tags": _tags(spec),
+            },
+        }
+        vpc_id, vswitch_id = {"Ref": "Vpc"}, {"Ref": "VSwitch"}
+
+    if existing_sg:
+        sg_id: Any = c.security_group_id
+    else:
+        rules = [
+            _ingress(cidr, f"{port}/{port}", "tcp", f"servenest {spec.name} endpoint")
+            for cidr in spec.access.allowed_cidrs
+        ]
+        if spec.topology == "ecs-dual":
+            if existing_net:
+                parameters[_CIDR_PARAMETER] = {
+                    "Type": "String",
+                    "Description": "CIDR of the existing VSwitch (intra-cluster Ray/NCCL traffic).",
+                }
+                node_cidr: Any = {"Ref": _CIDR_PARAMETER}
+            else:
+                node_cidr = VSWITCH_CIDR
+            rules.append({
+                "IpProtocol": "all", "PortRange": "-1/-1", "SourceCidrIp": node_cidr,
+                "Priority": 1, "NicType": "intranet",
+                "Description": f"servenest {spec.name} node-to-node (Ray 6379 + ephemeral, NCCL)",
+            })
+        resources["SecurityGroup"] = {
+            "Type": "ALIYUN::ECS::SecurityGroup",
+            "Properties": {
+                "VpcId": vpc_id, "SecurityGroupName": f"servenest-{spec.name}",
+                "SecurityGroupIngress": rules, "Tags": _tags(spec),
+            },
+        }
+        sg_id = {"Ref": "SecurityGroup"}
+
+    public_ip = c.bandwidth_mbps > 0
+    for role in roles:
+        props: dict[str, Any] = {
+            "ImageId": c.image or DEFAULT_IMAGE,
+            "InstanceType": instance_type,
+            "ZoneId": zone,
+            "VpcId": vpc_id,
+            "VSwitchId": vswitch_id,
+            "SecurityGroupId": sg_id,
+            "InstanceName": f"servenest-{spec.name}-{role}",
+            "SystemDiskCategory": c.disk_category,
+            "SystemDiskSize": c.system_disk_gb,
+            "InstanceChargeType": "PostPaid",
+            "AllocatePublicIP": public_ip,
+            "InternetMaxBandwidthOut": c.bandwidth_mbps,
+            "Tags": _tags(spec, role),
+        }
+        if public_ip:
+            props["InternetChargeType"] = "PayByTraffic"
+        resources[_logical_name(role)] = {"Type": "ALIYUN::ECS::Instance", "Properties": props}
+
+    names = [_logical_name(r) for r in roles]
+    outputs: dict[str, Any] = {
+        "InstanceIds": {"Description": "Instance ids, in role order", "Value": [{"Ref": n} for n in names]},
+        "PrivateIps": {
+            "Description": "Private IPs, in role order",
+            "Value": [{"Fn::GetAtt": [n, "PrivateIp"]} for n in names],
+        },
+    }
+    if public_ip:
+        outputs["PublicIps"] = {
+            "Description": "Public IPs, in role order",
+            "Value": [{"Fn::GetAtt": [n, "PublicIp"]} for n in names],
+        }
+    # The master serves the API on ecs-dual (vLLM via Ray on the head; SGLang rank 0).
+    ip_attr = "PublicIp" if spec.access.public else "PrivateIp"
+    outputs["EndpointURL"] = {
+        "Description": "OpenAI-compatible base URL",
+        "Value": {"Fn::Sub": f"http://${{{names[0]}.{ip_attr}}}:{port}/v1"},
+    }
+    if parameters:
+        template["Parameters"] = parameters
+    template["Resources"] = resources
+    template["Outputs"] = outputs
+    return template
+
+
+def template_parameters(spec: DeploymentSpec, *, vswitch_cidr: str | None = None) -> dict[str, str]:
+    """Parameter values for ``render_template``'s Parameters (none hold secrets)."""
+    existing_net, existing_sg = _network_mode(spec)
+    if spec.topology == "ecs-dual" and existing_net and not existing_sg:
+        if not vswitch_cidr:
+            raise ValueError("ecs-dual on an existing VSwitch needs vswitch_cidr (its CIDR block)")
+        return {_CIDR_PARAMETER: str(ipaddress.ip_network(vswitch_cidr, strict=True))}
+    return {}
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Shared ``Ref`` dicts are written out in full, not as YAML anchors/aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render_template_yaml(spec: DeploymentSpec, zone: str, instance_type: str) -> str:
+    return yaml.dump(
+        render_template(spec, zone, instance_type), Dumper=_NoAliasDumper, sort_keys=False,
+        allow_unicode=True, width=120,
+    )
