@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,9 +16,11 @@ from servenest.bench.run import BenchmarkOutcome, BenchSettings, run_benchmark
 from tasks.artifacts import artifact_key
 
 
-@task(name="run-benchmark", cache_policy=NO_CACHE)
+# Never persisted (it holds every request's record), and returned without the key.
+@task(name="run-benchmark", cache_policy=NO_CACHE, persist_result=False)
 def run_benchmark_task(settings: BenchSettings) -> BenchmarkOutcome:
     outcome = run_benchmark(settings)
+    outcome.settings = replace(outcome.settings, api_key=None)
     get_run_logger().info("benchmark of %s:\n%s", settings.label, outcome.summary)
     return outcome
 
@@ -39,7 +42,7 @@ def load_history(deployment: str) -> list[dict]:
     return [row for row in data if isinstance(row, dict)]
 
 
-@task(name="publish-benchmark", cache_policy=NO_CACHE)
+@task(name="publish-benchmark", cache_policy=NO_CACHE, persist_result=False)
 def publish_benchmark(
     deployment: str, outcome: BenchmarkOutcome, history: list[dict], violations: list[str],
     regressions: list[str],

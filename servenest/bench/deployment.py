@@ -37,6 +37,7 @@ def settings_for(
         sharegpt_output_len=b.sharegpt_output_len, random_input_len=b.random_input_len,
         random_output_len=b.random_output_len, ignore_eos=b.ignore_eos,
         temperature=b.temperature, goodput=slo_of(spec).goodput, label=spec.name,
+        metric_percentiles=[50.0, 90.0, 99.0],
         max_send_lag_ms=b.max_send_lag_ms, api_key=api_key,
     )
     if overrides:
@@ -44,5 +45,18 @@ def settings_for(
         unknown = set(overrides) - known
         if unknown:
             raise BenchmarkInputError(f"unknown benchmark settings {sorted(unknown)}; known: {sorted(known)}")
-        settings = replace(settings, **overrides)
+        settings = replace(settings, **{k: _coerce(getattr(settings, k), v) for k, v in overrides.items()})
+    # The SLOs are p99s: the percentiles must include 99 whatever else is asked.
+    if 99.0 not in settings.metric_percentiles:
+        settings = replace(settings, metric_percentiles=[*settings.metric_percentiles, 99.0])
     return settings
+
+
+def _coerce(current, value):
+    """Prefect parameters are JSON: "inf" for a rate, strings for numbers from the CLI."""
+    if isinstance(current, float) and isinstance(value, str | int):
+        try:
+            return float(value)
+        except ValueError:
+            raise BenchmarkInputError(f"{value!r} is not a number") from None
+    return value

@@ -55,11 +55,18 @@ def cost_per_million_output_tokens(hourly_price: float | None, output_throughput
     return hourly_price / (output_throughput * 3600) * 1e6
 
 
+def fingerprint(outcome: BenchmarkOutcome) -> str:
+    """Runs are compared only with runs of the same load: rate, concurrency, dataset, sizes."""
+    s = outcome.settings
+    return (f"{s.backend}|{s.dataset_name}|{s.num_prompts}|{s.request_rate}|{s.burstiness}|"
+            f"{s.max_concurrency}|{s.random_input_len}x{s.random_output_len}|{s.sharegpt_output_len}")
+
+
 def history_row(outcome: BenchmarkOutcome, hourly_price: float | None = None) -> dict:
     """One compact row per run: what the trend table and the regression check compare."""
     m = outcome.metrics
     stats = m.stats
-    return {
+    return {"load": fingerprint(outcome),
         "date": outcome.result["date"], "completed": m.completed, "failed": m.failed,
         "request_rate": outcome.result["request_rate"],
         "median_ttft_ms": round(stats["ttft"]["median"], 3), "p99_ttft_ms": round(_p99(outcome, "ttft"), 3),
@@ -67,7 +74,8 @@ def history_row(outcome: BenchmarkOutcome, hourly_price: float | None = None) ->
         "median_itl_ms": round(stats["itl"]["median"], 3),
         "output_throughput": round(m.output_throughput, 3),
         "request_throughput": round(m.request_throughput, 3),
-        "valid": outcome.valid,
+        # A baseline must be a clean run: client kept up, every request answered.
+        "valid": outcome.valid and m.completed > 0 and m.failed == 0,
         "usd_per_m_output_tokens": cost_per_million_output_tokens(hourly_price, m.output_throughput),
     }
 
@@ -78,7 +86,10 @@ _TREND = {"median_ttft_ms": +1, "median_tpot_ms": +1, "median_itl_ms": +1, "outp
 
 def regressions(current: dict, history: list[dict], margin: float, window: int = 5) -> list[str]:
     """Metrics worse than the median of the last ``window`` valid runs by more than ``margin``."""
-    previous = [h for h in history if h.get("valid")][-window:]
+    previous = [
+        h for h in history
+        if h.get("valid") and h.get("load") == current.get("load") and all(k in h for k in _TREND)
+    ][-window:]
     if not previous:
         return []
     out = []
@@ -103,9 +114,15 @@ def sweep_max_rate(
     """
     trials: list[tuple[float, list[str]]] = []
 
+    # Trials are judged on latency and failures: a throughput floor cannot be met by a low
+    # offered rate, and would stop the climb before it starts.
+    latency_slo = Slo(p99_ttft_ms=slo.p99_ttft_ms, p99_tpot_ms=slo.p99_tpot_ms)
+
     def ok(rate: float) -> bool:
         outcome = run_at(rate)
-        problems = slo_violations(outcome, slo) + [f"invalid: {r}" for r in outcome.invalid_reasons]
+        problems = slo_violations(outcome, latency_slo) + [f"invalid: {r}" for r in outcome.invalid_reasons]
+        if outcome.metrics.failed:
+            problems.append(f"{outcome.metrics.failed} requests failed")
         trials.append((rate, problems))
         return not problems
 

@@ -57,6 +57,8 @@ class BenchSettings:
     label: str | None = None
     # Sends later than this (p99) mean the client, or the machine it shares, fell behind.
     max_send_lag_ms: float = 10.0
+    request_timeout_s: float = 6 * 3600.0  # vLLM's session timeout
+    save_detailed: bool = False
     api_key: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
@@ -107,8 +109,8 @@ class BenchmarkOutcome:
     send_lag_p99_ms: float
 
 
-def sample(settings: BenchSettings) -> list[SampleRequest]:
-    tok = load_tokenizer(settings.tokenizer or settings.model)
+def sample(settings: BenchSettings, tok=None) -> list[SampleRequest]:
+    tok = tok or load_tokenizer(settings.tokenizer or settings.model)
     if settings.dataset_name == "sharegpt":
         return datasets.sample_sharegpt(
             settings.dataset_path, settings.num_prompts, tok, seed=settings.seed,
@@ -133,27 +135,33 @@ def extra_body(settings: BenchSettings) -> dict:
 
 def run_benchmark(settings: BenchSettings, requests: list[SampleRequest] | None = None) -> BenchmarkOutcome:
     settings.validate()
-    requests = requests if requests is not None else sample(settings)
+    tok = load_tokenizer(settings.tokenizer or settings.model)
+    requests = requests if requests is not None else sample(settings, tok)
     offsets = schedule.arrival_offsets(
         len(requests), settings.request_rate, settings.burstiness, settings.seed
     )
     runner.check_endpoint(
         settings.base_url, settings.endpoint, settings.backend, settings.model_name,
-        settings.api_key, requests[0], ignore_eos=settings.effective_ignore_eos,
+        # A one-token probe, not requests[0]: vLLM 0.32 sends no test request by default, and
+        # warming the prefix cache for the first dataset prompt would skew its TTFT.
+        settings.api_key, SampleRequest("ping", 1, 1), ignore_eos=settings.effective_ignore_eos,
         extra_body=extra_body(settings),
     )
     run = runner.run_load(
         settings.base_url, settings.endpoint, settings.backend, settings.model_name, requests,
         offsets, api_key=settings.api_key, max_concurrency=settings.max_concurrency,
         num_warmups=settings.num_warmups, ignore_eos=settings.effective_ignore_eos,
-        extra_body=extra_body(settings),
+        extra_body=extra_body(settings), request_timeout_s=settings.request_timeout_s,
     )
-    return measure(settings, requests, run)
+    return measure(settings, requests, run, tok)
 
 
-def measure(settings: BenchSettings, requests: list[SampleRequest], run: LoadRun) -> BenchmarkOutcome:
+def measure(
+    settings: BenchSettings, requests: list[SampleRequest], run: LoadRun, tokenizer=None
+) -> BenchmarkOutcome:
+    # The tokenizer counts output tokens of a server that sends no usage (vLLM's fallback).
     m = metrics.calculate_metrics(
-        requests, run, settings.metric_percentiles, settings.goodput or None
+        requests, run, settings.metric_percentiles, settings.goodput or None, tokenizer
     )
     result = {**run_header(settings),
               **metrics.result_dict(m, run, settings.percentile_metrics, bool(settings.goodput))}
@@ -167,8 +175,8 @@ def measure(settings: BenchSettings, requests: list[SampleRequest], run: LoadRun
         reasons.append(
             f"client used {run.client_cpu_s / run.duration_s:.0%} of a core: it was the bottleneck"
         )
-    result.update(send_lag_p99_ms=lag_p99 * 1000, client_cpu_s=run.client_cpu_s,
-                  valid=not reasons, invalid_reasons=reasons)
+    result["servenest"] = {"send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
+                           "valid": not reasons, "invalid_reasons": reasons}
     summary = metrics.summary_text(
         m, run, settings.percentile_metrics, request_rate=settings.request_rate,
         max_concurrency=settings.max_concurrency, goodput=bool(settings.goodput),
@@ -197,11 +205,17 @@ def result_filename(s: BenchSettings, date: str) -> str:
     return f"{s.label or s.backend}-{s.request_rate}qps{conc}-{s.model.split('/')[-1]}-{date}.json"
 
 
+# What `vllm bench serve --save-result` leaves out unless --save-detailed.
+DETAILED_FIELDS = ("input_lens", "output_lens", "start_times", "ttfts", "itls", "generated_texts", "errors")
+
+
 def save_result(outcome: BenchmarkOutcome, result_dir: str | None, filename: str | None) -> Path:
     name = filename or result_filename(outcome.settings, outcome.result["date"])
     path = Path(result_dir or ".") / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outcome.result, default=_jsonable))
+    result = outcome.result if outcome.settings.save_detailed else {
+        k: v for k, v in outcome.result.items() if k not in DETAILED_FIELDS}
+    path.write_text(json.dumps(result, default=_jsonable))
     return path
 
 

@@ -56,6 +56,8 @@ SHARD_START_MARGIN_S = 0.25
 SPIN_WINDOW_S = 0.0003
 # Wake the scheduler with a timerfd (Linux) rather than uvloop's millisecond timers.
 PRECISE_TIMER = True
+# vLLM's aiohttp session allows a request 6 hours; a stalled server must not hang a run.
+REQUEST_TIMEOUT_S = 6 * 3600.0
 
 _perf_counter = time.perf_counter
 
@@ -179,6 +181,7 @@ def run_load(
     ignore_eos: bool = False,
     extra_body: dict[str, Any] | None = None,
     workers: int = 1,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> LoadRun:
     """Send ``requests[i]`` at ``offsets[i]`` seconds after the start and return what each saw.
 
@@ -203,7 +206,7 @@ def run_load(
         raise BenchmarkInputError(f"max_concurrency must be >= 1, got {max_concurrency}")
     if workers < 1:
         raise BenchmarkInputError(f"workers must be >= 1, got {workers}")
-    args = (api_url, model_name, backend, api_key, ignore_eos, extra_body)
+    args = (api_url, model_name, backend, api_key, ignore_eos, extra_body, request_timeout_s)
     if workers > 1 and len(requests) > 1:
         return _run_sharded(args, list(requests), offs, max_concurrency, num_warmups,
                             min(workers, len(requests)))
@@ -331,7 +334,7 @@ async def _run(
     indices: list[int] | None = None,
     start_at=None,
 ) -> LoadRun:
-    api_url, model_name, backend, api_key, ignore_eos, extra_body = args
+    api_url, model_name, backend, api_key, ignore_eos, extra_body, timeout_s = args
     ep = Endpoint(api_url, model_name, backend, api_key=api_key, ignore_eos=ignore_eos,
                   extra_body=extra_body)
     client = make_client(max_concurrency, api_url)
@@ -344,21 +347,29 @@ async def _run(
         inflight = 0
         peak = 0
 
-        async def tracked(i: int, req: SampleRequest, scheduled: float, start: float):
+        async def tracked(i: int, req: SampleRequest, scheduled: float, start: float, arrived: float):
             nonlocal inflight, peak
             inflight += 1
             if inflight > peak:
                 peak = inflight
             try:
-                return await send(client, req, i, scheduled, start)
+                # A stalled server must not hang the run (vLLM's session allows 6 h).
+                async with asyncio.timeout(timeout_s):
+                    result = await send(client, req, i, scheduled, start)
+            except TimeoutError:
+                result = RequestResult(index=i, prompt_len=req.prompt_len, scheduled_s=scheduled,
+                                       sent_s=arrived, error=f"no answer within {timeout_s:g} s")
             finally:
                 inflight -= 1
+            result.arrived_s = arrived
+            return result
 
         async def limited(i: int, req: SampleRequest, scheduled: float, start: float):
+            arrived = _perf_counter() - start
             if sem is None:
-                return await tracked(i, req, scheduled, start)
+                return await tracked(i, req, scheduled, start, arrived)
             async with sem:
-                return await tracked(i, req, scheduled, start)
+                return await tracked(i, req, scheduled, start, arrived)
 
         if indices is None:
             indices = list(range(len(requests)))

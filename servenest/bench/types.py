@@ -29,10 +29,17 @@ class RequestResult:
     sent_s: float = 0.0  # when it was sent, from the benchmark start
     error: str = ""
     generated_text: str = ""
+    # When the scheduler released it; before sent_s only while it waited for a
+    # --max-concurrency slot (that wait is queueing, not the client falling behind).
+    arrived_s: float | None = None
 
     @property
     def send_lag_s(self) -> float:
-        return self.sent_s - self.scheduled_s
+        return (self.sent_s if self.arrived_s is None else self.arrived_s) - self.scheduled_s
+
+    @property
+    def queue_s(self) -> float:
+        return 0.0 if self.arrived_s is None else self.sent_s - self.arrived_s
 
 
 @dataclass(slots=True)

@@ -70,3 +70,10 @@ def test_cost_per_million_output_tokens():
     # 1,000 tok/s = 3.6 M tok/h; at $36/h that is $10 per million.
     assert cost_per_million_output_tokens(36.0, 1000.0) == pytest.approx(10.0)
     assert cost_per_million_output_tokens(None, 1000.0) is None
+
+
+def test_runs_of_another_load_are_not_a_baseline():
+    history = [{**row(ttft=10.0), "load": "openai|random|200|20.0"}] * 3
+    current = {**row(ttft=30.0), "load": "openai|random|10|inf"}
+    assert regressions(current, history, margin=0.2) == []
+    assert regressions({**current, "load": "openai|random|200|20.0"}, history, margin=0.2)

@@ -40,7 +40,7 @@ def _run(lags_ms: list[float], cpu_s: float = 0.1, duration_s: float = 10.0) -> 
 def test_a_client_that_fell_behind_makes_the_run_invalid():
     reqs = [SampleRequest("p", 8, 4)] * 100
     ok = measure(BenchSettings(**BASE), reqs, _run([0.2] * 100))
-    assert ok.valid and ok.result["valid"] is True
+    assert ok.valid and ok.result["servenest"]["valid"] is True
     late = measure(BenchSettings(**BASE), reqs, _run([0.2] * 95 + [40.0] * 5))
     assert not late.valid and "send lag p99" in late.invalid_reasons[0]
     assert late.send_lag_p99_ms == pytest.approx(40.0, rel=0.01)
@@ -56,3 +56,18 @@ def test_result_header_and_filename_follow_vllm():
     assert out.result["request_rate"] == "inf" and out.result["model_id"] == "m/tiny"
     assert result_filename(s, "20261121-010203") == "openai-infqps-concurrency8-tiny-20261121-010203.json"
     assert math.isinf(s.request_rate)
+
+
+def test_saved_json_leaves_per_request_arrays_out_unless_detailed(tmp_path):
+    import json
+
+    from servenest.bench.run import save_result
+
+    reqs = [SampleRequest("p", 8, 4)] * 3
+    out = measure(BenchSettings(**BASE), reqs, _run([0.1] * 3))
+    brief = json.loads(save_result(out, str(tmp_path), "a.json").read_text())
+    assert "ttfts" not in brief and "itls" not in brief and "latencies" in brief
+    assert brief["servenest"]["valid"] is True
+    out.settings.save_detailed = True
+    detailed = json.loads(save_result(out, str(tmp_path), "b.json").read_text())
+    assert len(detailed["ttfts"]) == 3 and len(detailed["generated_texts"]) == 3

@@ -171,3 +171,19 @@ def test_check_failing_first_request(server):
 def test_check_backend_endpoint_mismatch(server):
     with pytest.raises(BenchmarkInputError, match="chat/completions"):
         check_endpoint(server.url, "/v1/completions", "openai-chat", "tiny", None, REQ)
+
+
+def test_a_stalled_server_fails_the_request_instead_of_hanging_the_run():
+    with NoopServerProcess("--model", "tiny", "--ttft-ms", "3000") as stalled:
+        run = run_load(stalled.url, *COMPLETIONS, "tiny", [REQ] * 2, np.zeros(2), request_timeout_s=0.3)
+    assert [r.success for r in run.results] == [False, False]
+    assert all("no answer within 0.3 s" in r.error for r in run.results)
+    assert run.duration_s < 2.0
+
+
+def test_waiting_for_a_concurrency_slot_is_queueing_not_send_lag(slow):
+    # 12 requests at once through 1 slot: each waits ~20 ms per request ahead of it.
+    run = run_load(slow.url, *COMPLETIONS, "tiny", [REQ] * 12, np.zeros(12), max_concurrency=1)
+    assert all(r.success for r in run.results)
+    assert max(r.send_lag_s for r in run.results) < 0.05
+    assert max(r.queue_s for r in run.results) > 0.1
