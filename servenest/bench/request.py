@@ -354,29 +354,3 @@ def _raw_chunks(response: httpx.Response):
     if aio is not None:
         return aio.content.iter_any()
     return response.aiter_raw()
-
-
-async def send(
-    client: httpx.AsyncClient,
-    req: SampleRequest,
-    index: int = 0,
-    *,
-    api_url: str,
-    model_name: str,
-    backend: str = "openai",
-    api_key: str | None = None,
-    ignore_eos: bool = False,
-    extra_body: dict[str, Any] | None = None,
-    scheduled_s: float = 0.0,
-    start: float = 0.0,
-) -> RequestResult:
-    """One request, for callers without an :class:`Endpoint` (the runner builds one per run)."""
-    endpoint = Endpoint(
-        api_url,
-        model_name,
-        backend,
-        api_key=api_key,
-        ignore_eos=ignore_eos,
-        extra_body=extra_body,
-    )
-    return await endpoint.send(client, req, index, scheduled_s, start)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from servenest.bench.noop_server import NoopServerProcess
-from servenest.bench.request import Endpoint, make_client, send
+from servenest.bench.request import Endpoint, make_client
 from servenest.bench.runner import run_sync
 from servenest.bench.types import SampleRequest
 
@@ -41,8 +41,8 @@ def send_one(url: str, endpoint: str, backend: str, req: SampleRequest = REQ, **
     async def go():
         client = make_client(4, url)
         try:
-            return await send(client, req, 7, api_url=url + endpoint, model_name=kw.pop(
-                "model_name", "noop"), backend=backend, **kw)
+            endpoint_ = Endpoint(url + endpoint, kw.pop("model_name", "noop"), backend, **kw)
+            return await endpoint_.send(client, req, 7)
         finally:
             await client.aclose()
 
