@@ -208,7 +208,8 @@ def cmd_bench(args) -> int:
         ignore_eos=args.ignore_eos, temperature=args.temperature, goodput=_goodput(args.goodput),
         metric_percentiles=[float(p) for p in args.metric_percentiles.split(",")],
         percentile_metrics=args.percentile_metrics.split(","), num_warmups=args.num_warmups,
-        label=args.label, save_detailed=args.save_detailed, api_key=key,
+        label=args.label, save_detailed=args.save_detailed,
+        max_send_lag_ms=args.max_send_lag_ms, api_key=key,
     )
     outcome = run_benchmark(settings)
     print(outcome.summary)
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--api-key", help="default: $OPENAI_API_KEY or the deployment's Secret block")
     b.add_argument("--save-result", action="store_true")
     b.add_argument("--save-detailed", action="store_true", help="also save per-request arrays")
+    b.add_argument("--max-send-lag-ms", type=float, default=10.0,
+                   help="send lag p99 above this marks the run invalid (exit code 3)")
     b.add_argument("--result-dir")
     b.add_argument("--result-filename")
     b.set_defaults(fn=cmd_bench)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import SecretStr
 
 from blocks.endpoint import ServeNestEndpoint
@@ -51,8 +52,10 @@ def _models(spec) -> dict:
 
 
 def _artifact(key: str):
+    """The newest artifact under ``key`` (a key keeps every version as history)."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
     assert found, f"no artifact {key}"
     return found[0]
 
@@ -186,6 +189,8 @@ def test_bench_cli_takes_vllms_flags_and_saves_vllms_json(served, prefect_server
          "--dataset-name", "sharegpt", "--dataset-path", str(sharegpt), "--num-prompts", "20",
          "--request-rate", "20", "--sharegpt-output-len", "8", "--ignore-eos", "--temperature", "0",
          "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+         # The engine shares the 2 cores with this client (see the flow test above).
+         "--max-send-lag-ms", "2000",
          "--save-result", "--result-dir", str(tmp_path), "--result-filename", "r.json"],
         capture_output=True, text=True, timeout=300,
         env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": prefect_server, "HOME": str(Path.home())},
