@@ -273,37 +273,25 @@ class Endpoint:
                         msg = msg[6:]
                     if msg == b"[DONE]":
                         continue
-                    if chat:
-                        ts = _perf_counter()
-                        data = _parse(msg)
-                        choices = data.get("choices")
-                        if choices:
-                            if first:
-                                append_itl(ts - last)
-                            else:
-                                first = True
-                                out.ttft = ts - st
-                            # Only token chunks advance the end of the request.
-                            last = ts
-                            content = choices[0]["delta"].get("content")
-                            if content:
-                                add_text(content)
-                            continue
-                    else:
-                        data = _parse(msg)
-                        choices = data.get("choices")
-                        if choices:
+                    # vLLM stamps a chat event before parsing it and a completions event
+                    # after; the same here, so that the timings agree.
+                    ts = _perf_counter() if chat else 0.0
+                    data = _parse(msg)
+                    choices = data.get("choices")
+                    if choices:
+                        if not chat:
                             ts = _perf_counter()
-                            if first:
-                                append_itl(ts - last)
-                            else:
-                                first = True
-                                out.ttft = ts - st
-                            last = ts
-                            text = choices[0].get("text")
-                            if text:
-                                add_text(text)
-                            continue
+                        if first:
+                            append_itl(ts - last)
+                        else:
+                            first = True
+                            out.ttft = ts - st
+                        # Only token chunks advance the end of the request.
+                        last = ts
+                        piece = choices[0]["delta"].get("content") if chat else choices[0].get("text")
+                        if piece:
+                            add_text(piece)
+                        continue
                     usage = data.get("usage")
                     if usage:
                         out.output_tokens = usage.get("completion_tokens") or 0
