@@ -11,7 +11,7 @@ from servenest.timing import StageTimer
 from servenest.topology import Topology
 from tasks.artifacts import publish_connection_card
 from tasks.engine import launch_engine
-from tasks.gate import gate_endpoint
+from tasks.gate import gate_endpoint, publish_diagnostics
 from tasks.infrastructure import teardown_deployment
 from tasks.load import load_check
 from tasks.registry import forget_endpoint, register_endpoint
@@ -22,7 +22,11 @@ def serve(topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_ch
     with timer.stage("launch"):
         launch_engine(topology, api_key)
     with timer.stage("gate"):
-        report = gate_endpoint(topology, api_key)
+        try:
+            report = gate_endpoint(topology, api_key)
+        except Exception:
+            publish_diagnostics(topology)
+            raise
     if run_load_check:
         with timer.stage("load check"):
             load_check(topology, api_key)

@@ -9,16 +9,22 @@ from servenest.spec import DeploymentSpec
 from servenest.timing import StageTimer
 from servenest.topology import open_topology
 from tasks.artifacts import publish_stage_timings
-from tasks.infrastructure import provision_infrastructure
+from tasks.infrastructure import preflight, provision_infrastructure
 from tasks.secrets import load_api_key
 from tasks.shell import prefect_shell_runner
 from tasks.spec import check_spec
+from tasks.spend import approve_spend, check_budget, estimate_cost
 from tasks.weights import stage_weights
 
 
 @flow(name="provision", flow_run_name="provision-{spec.name}")
 def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: bool = False) -> dict:
     """Bring a deployment up and prove it; a failed bring-up removes what it made.
+
+    Nothing is created before the checks that can be made without spending pass: spec and
+    fit, the cloud preflight (credentials, region, zones, instance types, template), the
+    price against ``cloud.hourly_budget`` and, with ``cloud.require_approval``, a person's
+    approval.
 
     Args:
         spec: The deployment spec (a file of deployments/, as parameters).
@@ -33,6 +39,16 @@ def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: b
         topology = open_topology(spec, run=prefect_shell_runner)
         refuse_if_serving(topology)
         try:
+            # Inside the clean-up: what a crashed earlier run left (a recorded stack) must
+            # not keep billing because this run stopped at a check.
+            with timer.stage("preflight"):
+                preflight(topology)
+            with timer.stage("price"):
+                estimate = estimate_cost(topology)
+                check_budget(spec, estimate)
+            if spec.cloud.require_approval:
+                with timer.stage("approval"):
+                    approve_spend(spec, estimate)
             with timer.stage("provision"):
                 provision_infrastructure(topology)
             with timer.stage("stage weights"):

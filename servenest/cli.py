@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import shlex
@@ -105,11 +106,42 @@ def cmd_up(args) -> int:
     from servenest.spec import load_spec_file
 
     spec = load_spec_file(args.spec)
+    if args.emulate:
+        return rehearse(spec, args)
     with prefect_api():
         if args.create_key:
             ensure_key(spec.access.api_key_secret)
         result = provision(spec, keep_on_failure=args.keep_on_failure, load_check=args.load_check)
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
+    return 0
+
+
+def rehearse(spec, args) -> int:
+    """Provision, prove and tear down a cloud spec against the local emulator (no account)."""
+    from flows.provision import provision
+    from flows.teardown import teardown
+    from servenest.cloud.rehearsal import emulated_cloud
+
+    if spec.topology == "local":
+        raise ServeNestError("--emulate rehearses the cloud topologies; a local spec runs for real already")
+    with emulated_cloud(args.emulate_engine) as emu, prefect_api():
+        ensure_key(spec.access.api_key_secret)
+        try:
+            result = provision(spec, keep_on_failure=args.keep_on_failure, load_check=args.load_check)
+            print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
+            if args.hold:
+                print(f"rehearsal of {spec.name} is serving the tiny model at {result['base_url']}/v1 "
+                      f"(key: `servenest key {spec.name}`); Ctrl-C tears it down")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+        finally:
+            teardown(spec.name)
+        calls = emu.calls
+        print(json.dumps({"rehearsal": spec.name, "cloud_api_calls": len(calls),
+                          "retried_errors": sum(1 for c in calls if c.status >= 400),
+                          "stacks_left": [st.name for st in emu.stacks.values() if st.status != "DELETE_COMPLETE"]},
+                         indent=2))
     return 0
 
 
@@ -310,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--keep-on-failure", action="store_true")
     u.add_argument("--load-check", action="store_true")
     u.add_argument("--create-key", action="store_true", help="create a random key if missing")
+    u.add_argument("--emulate", action="store_true",
+                   help="rehearse a cloud spec on the local cloud emulator: no account, no spend")
+    u.add_argument("--hold", action="store_true", help="with --emulate: keep serving until Ctrl-C")
+    u.add_argument("--emulate-engine", choices=["vllm", "noop"], default="vllm",
+                   help="with --emulate: what the emulated hosts serve (noop: a no-op server, "
+                   "to rehearse the cloud steps in seconds)")
     u.set_defaults(fn=cmd_up)
 
     dn = sub.add_parser("down", help="tear a deployment down (the teardown flow)")

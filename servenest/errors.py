@@ -77,3 +77,49 @@ class BenchmarkGateError(ServeNestError):
 
 class BenchmarkInputError(ServeNestError):
     """Bad benchmark input, found before the run."""
+
+
+class CloudError(ServeNestError):
+    """An Alibaba Cloud API refused a call; carries the API's code and request id."""
+
+    def __init__(self, message: str, code: str = "", status: int | None = None, request_id: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.request_id = request_id
+
+
+class CloudTransientError(CloudError, Retryable):
+    """Throttling, a 5xx or a broken connection outlasted the in-call retries."""
+
+
+class CloudPermissionError(CloudError):
+    """The access key is valid but not allowed to make this call (RAM policy)."""
+
+
+class CloudCredentialsError(CloudError):
+    """No usable credentials: a missing block, or a key the cloud does not know."""
+
+
+class CloudInputError(CloudError):
+    """Region, zone, instance type or network settings the cloud cannot honour."""
+
+
+class CapacityError(CloudError):
+    """No candidate zone and instance type had capacity; every attempt is recorded."""
+
+
+class StackFailedError(CloudError):
+    """A ROS stack ended in a failed state; the message carries the failed resources."""
+
+
+class HostCommandError(CloudError):
+    """A Cloud Assistant command failed on a host; the message carries its output."""
+
+
+class BudgetExceededError(ServeNestError):
+    """The estimated hourly price is above the spec's budget."""
+
+
+class ApprovalDeniedError(ServeNestError):
+    """A person declined (or did not answer) the spend approval."""

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from servenest.cloud.plan import render_ecs_plan
 from servenest.errors import TopologyNotAvailableError
 from servenest.fit import check_spec_fits
 from servenest.spec import DeploymentSpec
 from servenest.state import DeploymentState
 from servenest.topology import open_topology
-
-# Renderers for topologies that plan but cannot yet bring up; each moves into its
-# topology's plan() when that topology is implemented.
-CLOUD_RENDERERS = {"ecs-single": render_ecs_plan, "ecs-dual": render_ecs_plan}
 
 
 def render_plan(spec: DeploymentSpec) -> dict:
@@ -26,9 +21,6 @@ def render_plan(spec: DeploymentSpec) -> dict:
         topology = open_topology(spec, DeploymentState(spec.name, spec.topology))
     except TopologyNotAvailableError as exc:
         plan["topology"] = str(exc)
-        renderer = CLOUD_RENDERERS.get(spec.topology)
-        if renderer is not None:
-            plan.update(renderer(spec))
         return plan
     plan.update(topology.plan())
     return plan

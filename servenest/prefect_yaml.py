@@ -2,7 +2,8 @@
 
 Each spec file in ``deployments/`` becomes ``provision/<name>`` (the spec as its
 ``spec`` parameter), ``launch/<name>``, ``health-gate/<name>``, ``benchmark/<name>``
-and ``teardown/<name>``.
+and ``teardown/<name>``. Each region a cloud spec uses (and cn-hangzhou) gets
+``sweep/<region>``: a nightly dry run that lists orphan stacks.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def spec_files(directory: Path) -> list[Path]:
 
 def render(directory: Path) -> str:
     deployments = []
-    for path in spec_files(directory):
-        spec = load_spec_file(path)
+    specs = [(path, load_spec_file(path)) for path in spec_files(directory)]
+    for path, spec in specs:
         common = {"tags": ["servenest", spec.topology], "work_pool": {"name": WORK_POOL}}
         deployments += [
             {"name": spec.name, "entrypoint": "flows/provision.py:provision",
@@ -52,5 +53,15 @@ def render(directory: Path) -> str:
              "description": f"Tear {spec.name} down.",
              "parameters": {"name": spec.name}, **common},
         ]
+    regions = sorted({"cn-hangzhou"} | {spec.cloud.region for _, spec in specs if spec.topology != "local"})
+    deployments += [
+        {"name": region, "entrypoint": "flows/sweep.py:sweep",
+         "description": f"List (dry run) or delete ServeNest stacks in {region} that no deployment owns.",
+         "parameters": {"region": region, "dry_run": True},
+         # Off until an AlibabaCloudCredentials block exists: `prefect deployment schedule resume`.
+         "schedules": [{"cron": "30 3 * * *", "timezone": "Asia/Shanghai", "active": False}],
+         "tags": ["servenest", "sweep"], "work_pool": {"name": WORK_POOL}}
+        for region in regions
+    ]
     doc = {"name": "servenest", "prefect-version": "3.8.8", "deployments": deployments}
     return HEADER + yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=100)

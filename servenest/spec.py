@@ -182,7 +182,26 @@ class CloudSpec(_Strict):
     vpc_id: str | None = None
     vswitch_id: str | None = None
     security_group_id: str | None = None
-    hourly_budget: float | None = Field(None, gt=0, description="Refuse to go on above this.")
+    hourly_budget: float | None = Field(
+        None, gt=0, description="Refuse to create anything whose estimated hourly price (in the "
+        "account's price-list currency, CNY in mainland regions) is above this.")
+    require_approval: bool = Field(
+        False, description="Pause before creating anything until a person approves the price.")
+    approval_timeout_s: int = Field(3600, ge=60, le=7 * 86400, description="How long to wait for approval.")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, region: str) -> str:
+        if not re.match(r"^[a-z]{2}(-[a-z0-9]+)+$", region):
+            raise ValueError(f"{region!r} is not an Alibaba Cloud region id (like cn-hangzhou)")
+        return region
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> CloudSpec:
+        for zone in self.zones:
+            if not re.match(rf"^{re.escape(self.region)}-[a-z0-9]+$", zone):
+                raise ValueError(f"zone {zone!r} is not a zone of region {self.region} (like {self.region}-i)")
+        return self
 
 
 class LocalSpec(_Strict):
@@ -291,6 +310,10 @@ class DeploymentSpec(_Strict):
                 f"topology {self.topology} runs on cloud hosts; weights.source must be "
                 "modelscope, huggingface or oss"
             )
+        if self.topology in ("ecs-single", "ecs-dual") and self.weights.source != "modelscope":
+            raise ValueError(
+                f"topology {self.topology} stages weights from ModelScope (weights.source: "
+                "modelscope); OSS staging on ECS hosts is not in this version")
         if self.topology in ("ecs-single", "ecs-dual") and not self.cloud.instance_types:
             raise ValueError(f"topology {self.topology} needs cloud.instance_types")
         if self.topology == "ecs-dual" and self.cloud.nodes != 2:

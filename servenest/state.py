@@ -57,3 +57,7 @@ def save_state(state: DeploymentState) -> None:
 
 def delete_state(name: str) -> None:
     state_path(name).unlink(missing_ok=True)
+
+
+def recorded_deployments() -> list[str]:
+    return sorted(p.stem for p in paths.state_dir().glob("*.json"))

@@ -44,3 +44,7 @@ def live_deployments() -> list[dict]:
                 f" {_age(time.time() - gate['at'])} ago" if gate.get("at") else ""),
         })
     return rows
+
+
+def registered_deployments() -> list[str]:
+    return [b.deployment for b in _endpoint_blocks()]

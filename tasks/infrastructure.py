@@ -10,6 +10,14 @@ from servenest.topology import Topology
 from tasks.retry import transient_only
 
 
+@task(name="preflight", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=transient_only)
+def preflight(topology: Topology) -> dict:
+    result = topology.preflight()
+    get_run_logger().info("preflight of %s passed: %s", topology.spec.name, result)
+    return result
+
+
 @task(name="provision-infrastructure", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=[5, 30], retry_condition_fn=transient_only)
 def provision_infrastructure(topology: Topology) -> dict:

@@ -70,3 +70,29 @@ def forget_endpoint(name: str) -> bool:
 def _gate_record(gate: GateReport) -> dict:
     return {"passed": gate.passed, "at": gate.passed_at or time.time(),
             "stages": [asdict(s) for s in gate.stages], "ttft_ms": gate.ttft_ms}
+
+
+@task(name="owned-deployments", cache_policy=NO_CACHE)
+def owned_deployments() -> set[str]:
+    """Deployments something still owns: registered, recorded on this machine, or with a
+    provision run in flight (possibly on another worker, before it recorded anything)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from servenest.state import recorded_deployments
+    from servenest.status import registered_deployments
+
+    owned = set(registered_deployments()) | set(recorded_deployments())
+    active = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+        any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED, StateType.SCHEDULED])))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=active, limit=200):
+            for prefix in ("provision-", "redeploy-", "launch-"):
+                if run.name.startswith(prefix):
+                    owned.add(run.name.removeprefix(prefix))
+    return owned

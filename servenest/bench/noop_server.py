@@ -12,7 +12,11 @@ Raw asyncio protocol (uvloop when installed), HTTP/1.1 keep-alive, chunked SSE l
   each later one. ``--reasoning-chunks K`` makes the first K chat deltas ``reasoning_content``.
 - ``GET /v1/models`` (the ``--model`` names), ``GET /health``, and ``GET /debug/last``: the
   last POST as JSON (``path``, lower-cased ``headers``, parsed ``body``) plus a request count.
-- Failures: ``--api-key K`` guards ``/v1/*`` with 401 like vLLM's ``--api-key``; ``--fail-every
+- ``GET /metrics``: Prometheus text with vLLM's ``vllm:num_requests_running`` (generation
+  requests in flight, per served name), ``vllm:num_requests_waiting`` (always 0) and
+  ``vllm:kv_cache_usage_perc`` (0), so the health gate's idle check works against it.
+- Failures: ``--api-key K`` (or ``--api-key-file PATH``, which keeps the key off the command
+  line) guards ``/v1/*`` with 401 like vLLM's ``--api-key``; ``--fail-every
   K`` answers every K-th generation request with 500; a prompt containing ``__500__``,
   ``__401__``, ``__reset__`` (connection dropped mid-stream), ``__malformed__`` (an event that is
   not JSON) or ``__nochunk__`` (200 with only ``[DONE]``) fails that one request.
@@ -87,6 +91,7 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.generations = 0
+        self.running = dict.fromkeys(config.models, 0)  # generation requests in flight
         self.last: dict | None = None
         self._cache: dict[tuple, bytes] = {}
 
@@ -131,6 +136,22 @@ class Server:
                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + n,
                          "completion_tokens": n}}
         return _chunk(_event(obj))
+
+    def metrics(self) -> bytes:
+        lines = []
+        for name, help_text in (("vllm:num_requests_running", "Requests in model execution batches."),
+                                ("vllm:num_requests_waiting", "Requests waiting to be processed."),
+                                ("vllm:kv_cache_usage_perc", "KV-cache usage (1 = 100 percent).")):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            for model, running in self.running.items():
+                value = running if name == "vllm:num_requests_running" else 0
+                lines.append(f'{name}{{model_name="{_label(model)}"}} {float(value)}')
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value (backslash, quote and newline escaped)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _simple(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -207,6 +228,9 @@ class _Connection(asyncio.Protocol):
         if path == b"/debug/last":
             write(_simple(200, _dumps({"generations": server.generations, "last": server.last})))
             return
+        if path == b"/metrics":  # like vLLM's, not behind the API key
+            write(_simple(200, server.metrics(), b"text/plain; version=0.0.4; charset=utf-8"))
+            return
         if (config.api_key and path.startswith(b"/v1")
                 and headers.get(b"authorization", b"") != b"Bearer " + config.api_key.encode()):
             write(_simple(401, _dumps({"error": "Unauthorized"})))
@@ -276,6 +300,7 @@ class _Connection(asyncio.Protocol):
             write(_SSE_HEAD + server.token_run(chat, model, n) + usage + _chunk(_DONE) + _END)
             return
         self.busy = True
+        server.running[model] += 1  # the immediate path above is never seen in flight
         asyncio.get_running_loop().create_task(self._paced(chat, model, n, usage))
 
     async def _paced(self, chat: bool, model: str, n: int, usage: bytes):
@@ -295,6 +320,7 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(usage + _chunk(_DONE) + _END)
         finally:
+            self.server.running[model] -= 1
             self._resume()
 
 
@@ -305,8 +331,14 @@ async def serve(host: str, port: int, config: Config, ready=None) -> None:
     bound = srv.sockets[0].getsockname()[1]
     if ready is not None:
         ready(bound)
-    async with srv:
-        await srv.serve_forever()
+    # SIGTERM through the loop: a Python-level handler raising SystemExit was sometimes not
+    # run for seconds under uvloop, so stopping the server waited out its grace period.
+    stopped = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stopped.done() or stopped.set_result(None))
+    try:
+        await stopped  # serving since create_server
+    finally:
+        srv.close()  # not wait_closed(): on newer Pythons it waits for idle keep-alive clients
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -318,7 +350,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
                    help="token events per response (default: the request's max_tokens)")
     p.add_argument("--token-delay-ms", type=float, default=0.0)
     p.add_argument("--ttft-ms", type=float, default=0.0)
-    p.add_argument("--api-key", default=None)
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None)
+    key.add_argument("--api-key-file", default=None,
+                     help="read the key from this file (stripped), keeping it out of argv")
     p.add_argument("--model", action="append", dest="models", default=None,
                    help="a served model name (repeatable; default 'noop')")
     p.add_argument("--fail-every", type=int, default=0)
@@ -327,20 +362,32 @@ def _parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is None:
+        return args.api_key
+    try:
+        with open(args.api_key_file) as fh:
+            key = fh.read().strip()
+    except OSError as exc:
+        sys.exit(f"noop-server: cannot read --api-key-file: {exc.strerror}")
+    if not key:
+        sys.exit(f"noop-server: --api-key-file {args.api_key_file} is empty")
+    return key
+
+
 def main(argv=None) -> None:
     args = _parse_args(argv)
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {args.cpu})
     config = Config(tokens=args.tokens, token_delay_s=args.token_delay_ms / 1000,
-                    ttft_s=args.ttft_ms / 1000, api_key=args.api_key,
+                    ttft_s=args.ttft_ms / 1000, api_key=_api_key(args),
                     models=args.models or ["noop"], fail_every=args.fail_every,
                     reasoning_chunks=args.reasoning_chunks)
 
     def ready(port: int) -> None:
         print(f"{READY_PREFIX}http://{args.host}:{port}", flush=True)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         import uvloop
 

@@ -45,6 +45,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
+from servenest.catalog import INSTANCE_TYPES as KNOWN_INSTANCE_TYPES
+
 ROS_VERSION = "2019-09-10"
 ECS_VERSION = "2014-05-26"
 CS_VERSION = "2015-12-15"
@@ -54,6 +56,17 @@ NO_STOCK_MESSAGE = (
     "The requested resource is sold out in the specified zone; try other types of "
     "resources or other regions and zones."
 )
+# Region -> zone -> instance types offered there (None: every type). Stock is separate:
+# it is what ``Faults.out_of_stock_*`` takes away at CreateStack time, as on the real
+# cloud, where DescribeAvailableResource's stock figures are advisory.
+DEFAULT_REGIONS: dict[str, dict[str, list[str] | None]] = {
+    "cn-hangzhou": {f"cn-hangzhou-{z}": None for z in "bfghijk"},
+    "cn-beijing": {f"cn-beijing-{z}": None for z in "acfghijkl"},
+    "cn-shanghai": {f"cn-shanghai-{z}": None for z in "bdefgklmn"},
+    "cn-wulanchabu": {f"cn-wulanchabu-{z}": None for z in "abc"},
+    "cn-shenzhen": {f"cn-shenzhen-{z}": None for z in "acdef"},
+    "ap-southeast-1": {f"ap-southeast-1-{z}": None for z in "abc"},
+}
 DEFAULT_KUBECONFIG = """apiVersion: v1
 kind: Config
 clusters:
@@ -90,6 +103,9 @@ class Faults:
     """Fault knobs. Rates are fractions in [0, 1], drawn from the emulator's seeded RNG.
 
     ``only_actions`` (when non-empty) limits throttling, 5xx and latency to those actions.
+    ``lost_response_rate``: the action takes effect but the caller gets a 503, as when a
+    response is lost on the way back; only an idempotent client (ClientToken) avoids a
+    duplicate then.
     ``fail_resources`` maps a logical resource id to a failure reason (or ``""`` for a
     default). ``stuck_stacks`` holds stack names that never leave CREATE_IN_PROGRESS
     (``"*"`` for every stack). ``denied_access_keys`` get 403 ``Forbidden.RAM``.
@@ -99,6 +115,7 @@ class Faults:
     throttle_code: str = "Throttling.User"
     retry_after_ms: int = 1000
     error_rate: float = 0.0
+    lost_response_rate: float = 0.0
     latency: float = 0.0
     only_actions: set[str] = field(default_factory=set)
     out_of_stock_zones: set[str] = field(default_factory=set)
@@ -283,6 +300,7 @@ class _Stack:
     started: float = field(default_factory=time.monotonic)
     polls: int = 0
     delete_polls: int = 0
+    delete_started: float = 0.0
     outputs: list[dict[str, Any]] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     operation_info: dict[str, Any] | None = None
@@ -301,6 +319,11 @@ class _Invocation:
     polls: int = 0
     results: dict[str, tuple[int, str]] | None = None
     finished_time: str | None = None
+    keep_command: bool = False
+    timeout_s: float = 60.0
+    started: float = 0.0
+    thread: threading.Thread | None = None
+    pending: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 class CloudEmulator:
@@ -321,6 +344,12 @@ class CloudEmulator:
         instance_prices: dict[str, float] | None = None,
         default_hourly_price: float = 10.0,
         command_handler: Callable[[str, str], Any] | None = None,
+        on_instances_released: Callable[[list[str]], None] | None = None,
+        require_known_instances: bool = False,
+        regions: dict[str, dict[str, list[str] | None]] | None = None,
+        delete_seconds: float | None = None,
+        invocation_seconds: float | Callable[[str], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
         kubeconfig: str = DEFAULT_KUBECONFIG,
         seed: int = 0,
     ):
@@ -336,6 +365,12 @@ class CloudEmulator:
         self.instance_prices = dict(instance_prices or {})
         self.default_hourly_price = default_hourly_price
         self.command_handler = command_handler
+        self.on_instances_released = on_instances_released
+        self.require_known_instances = require_known_instances
+        self.regions = regions if regions is not None else dict(DEFAULT_REGIONS)
+        self.delete_seconds = delete_seconds
+        self.invocation_seconds = invocation_seconds
+        self.clock = clock
         self.kubeconfig = kubeconfig
         self.faults = Faults()
         self.seed = seed
@@ -343,9 +378,11 @@ class CloudEmulator:
         self.lock = threading.RLock()
         self.calls: list[Call] = []
         self.stacks: dict[str, _Stack] = {}
-        self.client_tokens: dict[str, str] = {}
+        self.client_tokens: dict = {}
         self.invocations: dict[str, _Invocation] = {}
+        self.instances: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, dict[str, Any]] = {}
+        self._next_loopback = 2
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -399,6 +436,7 @@ class CloudEmulator:
             self.stacks.clear()
             self.client_tokens.clear()
             self.invocations.clear()
+            self.instances.clear()
             self.clusters.clear()
             self.faults = Faults()
             self.rng = random.Random(self.seed)
@@ -448,7 +486,8 @@ class CloudEmulator:
     def stack_by_name(self, name: str) -> _Stack | None:
         with self.lock:
             for stack in self.stacks.values():
-                if stack.name == name and not stack.gone:
+                # A deleted stack's name is free again, as on ROS.
+                if stack.name == name and not stack.gone and stack.status != "DELETE_COMPLETE":
                     return stack
         return None
 
@@ -481,7 +520,14 @@ class CloudEmulator:
         try:
             self._inject_faults(call)
             with self.lock:
+                self._check_region(product, params)
                 payload, status = self._route(product, method, path, action, params)
+                lost = self._lose_response(call)
+            if lost:
+                raise ApiError(
+                    503, "ServiceUnavailable",
+                    "The request has failed due to a temporary failure of the server.",
+                )
             if isinstance(payload, dict) and product != "cs":
                 payload.setdefault("RequestId", request_id)
             call.status = status
@@ -534,6 +580,19 @@ class CloudEmulator:
                 )
             raise ApiError(
                 500, "InternalError", "The request processing has failed due to some unknown error."
+            )
+
+    def _lose_response(self, call: Call) -> bool:
+        f = self.faults
+        if f.lost_response_rate <= 0 or (f.only_actions and call.action not in f.only_actions):
+            return False
+        return self.rng.random() < f.lost_response_rate
+
+    def _check_region(self, product: str, params: dict) -> None:
+        region = params.get("RegionId")
+        if product in ("ros", "ecs") and region and region not in self.regions:
+            raise ApiError(
+                404, "InvalidRegionId.NotFound", f"The specified RegionId ({region}) does not exist."
             )
 
     def _route(self, product: str, method: str, path: str, action: str, params: dict):
@@ -611,6 +670,7 @@ class CloudEmulator:
             timeout_minutes=int(params.get("TimeoutInMinutes") or 60),
             resources=resources,
         )
+        stack.started = self.clock()
         self._assign_physical_ids(stack)
         self._event(stack, None, "CREATE_IN_PROGRESS", "Stack CREATE started")
         for res in resources.values():
@@ -638,19 +698,21 @@ class CloudEmulator:
                 if res.type == "ALIYUN::ECS::InstanceGroup":
                     amount = int(self._resolve(stack, res.properties.get("MaxAmount", 1)) or 1)
                 ids, private, public = [], [], []
-                for i in range(amount):
+                zone = self._resolve(stack, res.properties.get("ZoneId")) or f"{stack.region_id}-h"
+                for _ in range(amount):
                     iid = "i-" + uuid.uuid4().hex[:20]
                     ids.append(iid)
                     private.append(self._address(self.instance_address, res.logical_id, ordinal))
-                    pub_src = (
-                        self.public_address
-                        if self.public_address is not None
-                        else (self.instance_address)
+                    pub_src = self.public_address if self.public_address is not None else None
+                    public.append(
+                        self._address(pub_src, res.logical_id, ordinal) if pub_src else private[-1]
                     )
-                    public.append(self._address(pub_src, res.logical_id, ordinal))
                     ordinal += 1
-                    del i
-                zone = self._resolve(stack, res.properties.get("ZoneId")) or f"{stack.region_id}-h"
+                    self.instances[iid] = {
+                        "instance_id": iid, "private_ip": private[-1], "public_ip": public[-1],
+                        "zone": zone, "stack_id": stack.stack_id, "logical_id": res.logical_id,
+                        "instance_type": str(self._resolve(stack, res.properties.get("InstanceType", ""))),
+                    }
                 if res.type == "ALIYUN::ECS::Instance":
                     res.physical_id = ids[0]
                     res.attrs = {
@@ -681,9 +743,30 @@ class CloudEmulator:
             elif res.type == "ALIYUN::CS::ManagedKubernetesCluster":
                 res.attrs = {"ClusterId": res.physical_id, "DefaultUserKubeConfig": self.kubeconfig}
 
-    @staticmethod
-    def _address(src: str | Callable[[str, int], str], logical_id: str, index: int) -> str:
-        return src(logical_id, index) if callable(src) else src
+    def _address(self, src: str | Callable[[str, int], str], logical_id: str, index: int) -> str:
+        if callable(src):
+            return src(logical_id, index)
+        if src == "auto":
+            return self._loopback()
+        return src
+
+    def _loopback(self) -> str:
+        """A loopback address no live instance holds (all of 127/8 reaches this machine), so
+        emulated instances serving on the same port do not collide."""
+        used = {i["private_ip"] for i in self.instances.values()}
+        for _ in range(253):
+            n = self._next_loopback
+            self._next_loopback = 2 if n >= 254 else n + 1
+            if f"127.0.0.{n}" not in used:
+                return f"127.0.0.{n}"
+        raise ApiError(400, "QuotaExceeded", "The emulator has no free loopback address.")
+
+    def _release_instances(self, stack: _Stack) -> None:
+        gone = [iid for iid, i in self.instances.items() if i["stack_id"] == stack.stack_id]
+        for iid in gone:
+            del self.instances[iid]
+        if gone and self.on_instances_released is not None:
+            self.on_instances_released(gone)
 
     def _resolve(self, stack: _Stack, value: Any) -> Any:
         """Evaluate Ref / Fn::GetAtt / Fn::Sub / Fn::Join / Fn::Select against the stack."""
@@ -771,13 +854,19 @@ class CloudEmulator:
                 return
             done = (self.create_polls is not None and stack.polls >= self.create_polls) or (
                 self.create_seconds is not None
-                and time.monotonic() - stack.started >= self.create_seconds
+                and self.clock() - stack.started >= self.create_seconds
             )
             if done:
                 self._finish_create(stack)
         elif stack.status == "DELETE_IN_PROGRESS":
             stack.delete_polls += 1
-            if stack.delete_polls > self.delete_polls:
+            done = (
+                self.clock() - stack.delete_started >= self.delete_seconds
+                if self.delete_seconds is not None
+                else stack.delete_polls > self.delete_polls
+            )
+            if done:
+                self._release_instances(stack)
                 for res in stack.resources.values():
                     res.status = "DELETE_COMPLETE"
                     self._event(stack, res, "DELETE_COMPLETE", "state changed")
@@ -839,6 +928,7 @@ class CloudEmulator:
         }
         self._event(stack, None, "CREATE_FAILED", stack.status_reason)
         if not stack.disable_rollback:
+            self._release_instances(stack)
             for other in stack.resources.values():
                 if other.status in ("CREATE_COMPLETE", "CREATE_FAILED"):
                     other.status = "DELETE_COMPLETE"
@@ -952,6 +1042,7 @@ class CloudEmulator:
         if stack.status not in ("DELETE_IN_PROGRESS", "DELETE_COMPLETE"):
             stack.status, stack.status_reason = "DELETE_IN_PROGRESS", "Stack DELETE started"
             stack.delete_polls = 0
+            stack.delete_started = self.clock()
             stack.outputs = None
             stack.update_time = _now()
             self._event(stack, None, stack.status, stack.status_reason)
@@ -1081,6 +1172,10 @@ class CloudEmulator:
     # ------------------------------------------------------------------ ECS
 
     def _ecs_RunCommand(self, params: dict) -> dict:
+        token = params.get("ClientToken")
+        if token and ("ecs", token) in self.client_tokens:
+            inv = self.invocations[self.client_tokens[("ecs", token)]]
+            return {"CommandId": inv.command_id, "InvokeId": inv.invoke_id}
         instance_ids = [str(i) for i in _indexed(params, "InstanceId")]
         if not instance_ids:
             raise ApiError(400, "MissingParameter.InstanceIds", "InstanceId is required.")
@@ -1095,6 +1190,13 @@ class CloudEmulator:
                 raise ApiError(
                     400, "InvalidCommandContent.Malformed", "CommandContent is not Base64."
                 ) from None
+        if self.require_known_instances:
+            unknown = [i for i in instance_ids if i not in self.instances]
+            if unknown:
+                raise ApiError(
+                    404, "InvalidInstance.NotFound",
+                    f"The specified instance does not exist: {', '.join(unknown)}.",
+                )
         inv = _Invocation(
             invoke_id="t-" + uuid.uuid4().hex[:20],
             command_id="c-" + uuid.uuid4().hex[:20],
@@ -1103,9 +1205,42 @@ class CloudEmulator:
             name=params.get("Name", ""),
             type=params.get("Type", "RunShellScript"),
             start_time=_iso_z(),
+            keep_command=_truthy(params.get("KeepCommand", "False")),
+            timeout_s=float(params.get("Timeout") or 60),
+            started=self.clock(),
         )
         self.invocations[inv.invoke_id] = inv
+        if token:
+            self.client_tokens[("ecs", token)] = inv.invoke_id
+        # The agent runs the script while the caller polls: a long staging reports Running.
+        inv.thread = threading.Thread(
+            target=self._run_all, args=(inv,), name=f"emulated-{inv.invoke_id}", daemon=True
+        )
+        inv.thread.start()
         return {"CommandId": inv.command_id, "InvokeId": inv.invoke_id}
+
+    def _run_all(self, inv: _Invocation) -> None:
+        for iid in inv.instance_ids:
+            try:
+                outcome = self._run_handler(inv, iid)
+            except Exception as exc:  # noqa: BLE001 - a broken handler is a failed command
+                outcome = (1, f"emulated host error: {exc!r}")
+            with self.lock:
+                inv.pending[iid] = outcome
+
+    def _invocation_done(self, inv: _Invocation) -> bool:
+        if inv.polls <= self.invocation_polls:
+            return False
+        took = self.invocation_seconds
+        if callable(took):
+            took = took(inv.content)  # per script: staging takes minutes, a status check a second
+        if took is not None and self.clock() - inv.started < took:
+            return False
+        if inv.thread is not None:
+            inv.thread.join(timeout=0.05)  # an instant handler is done by the next poll
+            if inv.thread.is_alive():
+                return False
+        return True
 
     def _run_handler(self, inv: _Invocation, instance_id: str) -> tuple[int, str]:
         if self.command_handler is None:
@@ -1127,9 +1262,10 @@ class CloudEmulator:
                 404, "InvalidInvokeId.NotFound", "The specified InvokeId does not exist."
             )
         inv.polls += 1
-        if inv.results is None and inv.polls > self.invocation_polls:
-            inv.results = {iid: self._run_handler(inv, iid) for iid in inv.instance_ids}
+        if inv.results is None and self._invocation_done(inv):
+            inv.results = {iid: inv.pending.get(iid, (0, "")) for iid in inv.instance_ids}
             inv.finished_time = _iso_z()
+        timed_out = inv.results is None and self.clock() - inv.started > inv.timeout_s
         b64 = str(params.get("ContentEncoding", "Base64")).lower() != "plaintext"
         wanted = params.get("InstanceId")
         rows = []
@@ -1147,7 +1283,13 @@ class CloudEmulator:
                 "ErrorInfo": "",
                 "Username": "root",
             }
-            if inv.results is None:
+            if timed_out:
+                row.update(
+                    InvocationStatus="Timeout", InvokeRecordStatus="Finished", ExitCode=-1,
+                    ErrorCode="InvocationTimeout", Output="",
+                    ErrorInfo=f"the command did not finish within {inv.timeout_s:g} s",
+                )
+            elif inv.results is None:
                 row.update(InvocationStatus="Running", InvokeRecordStatus="Running", Output="")
             else:
                 code, output = inv.results[iid]
@@ -1171,6 +1313,30 @@ class CloudEmulator:
                 "NextToken": "",
             }
         }
+
+    def _ecs_DescribeAvailableResource(self, params: dict) -> dict:
+        """Which instance types each zone offers (PostPaid); not a stock promise."""
+        region = params.get("RegionId", self.region_id)
+        wanted_zone = params.get("ZoneId")
+        wanted_type = params.get("InstanceType")
+        zones = []
+        for zone, offered in self.regions.get(region, {}).items():
+            if wanted_zone and zone != wanted_zone:
+                continue
+            types = [t for t in (offered if offered is not None else KNOWN_INSTANCE_TYPES) if not wanted_type or t == wanted_type]
+            supported = [
+                {"Value": t, "Status": "Available", "StatusCategory": "WithStock"} for t in types
+            ]
+            if not supported:
+                continue
+            zones.append({
+                "ZoneId": zone, "RegionId": region, "Status": "Available",
+                "StatusCategory": "WithStock",
+                "AvailableResources": {"AvailableResource": [{
+                    "Type": "InstanceType", "SupportedResources": {"SupportedResource": supported},
+                }]},
+            })
+        return {"AvailableZones": {"AvailableZone": zones}}
 
     def _ecs_DescribePrice(self, params: dict) -> dict:
         itype = params.get("InstanceType", "")
@@ -1296,14 +1462,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance-address", default="127.0.0.1")
     parser.add_argument("--create-polls", type=int, default=2)
     parser.add_argument("--cluster", action="append", default=[], help="pre-create a cluster id")
+    parser.add_argument(
+        "--hosts", choices=["none", "vllm", "noop"], default="none",
+        help="run Cloud Assistant scripts on emulated hosts serving the real CPU vLLM (or the "
+        "no-op server); instances then get their own loopback addresses",
+    )
+    parser.add_argument("--hosts-dir", default=None, help="where emulated hosts keep their files")
     args = parser.parse_args(argv)
     emu = CloudEmulator(
         host=args.host,
         port=args.port,
         seed=args.seed,
-        instance_address=args.instance_address,
+        instance_address="auto" if args.hosts != "none" else args.instance_address,
         create_polls=args.create_polls,
     )
+    hosts = None
+    if args.hosts != "none":
+        from pathlib import Path
+
+        from servenest import paths
+        from servenest.cloud.rehearsal import emulated_hosts
+
+        root = Path(args.hosts_dir) if args.hosts_dir else paths.home() / "emulator" / "hosts"
+        hosts = emulated_hosts(emu, root, args.hosts)
     for cid in args.cluster:
         emu.add_cluster(cid)
     emu.start()
@@ -1315,6 +1496,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         emu.stop()
+        if hosts is not None:
+            hosts.close()
 
 
 if __name__ == "__main__":

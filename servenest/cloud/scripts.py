@@ -130,10 +130,16 @@ verified() {{
   fi
 }}
 
+# One line the pipeline parses: what is on disk, and the manifest's own digest.
+summary() {{
+  echo "servenest-weights: files=$(wc -l < "$SIZES") bytes=$(awk -F'\t' '{{s += $2}} END {{print s + 0}}' "$SIZES") digest=$(sha256sum "$MANIFEST" | cut -d' ' -f1)"
+}}
+
 mkdir -p "$DIR"
 cd "$DIR"
 if verified; then
   echo "servenest: weights in $DIR match their manifest; skipping download"
+  summary
   exit 0
 fi
 rm -f "$MANIFEST" "$SIZES"
@@ -154,6 +160,7 @@ current_sizes > "$SIZES.tmp"
 mv "$SIZES.tmp" "$SIZES"
 mv "$MANIFEST.tmp" "$MANIFEST"
 echo "servenest: staged $(wc -l < "$SIZES") files in $DIR"
+summary
 """
 
 
@@ -311,4 +318,35 @@ def teardown_script() -> str:
 docker rm -f {CONTAINER_NAME} || true
 rm -f {q(KEY_FILE)} {q(ENTRYPOINT_FILE)}
 echo "servenest: removed container {CONTAINER_NAME}"
+"""
+
+
+# -- small host commands -----------------------------------------------------------------
+def key_script(api_key: str) -> str:
+    """Write the API key to a root-only file on the serving host. Sent with KeepCommand
+    false and never logged; the key is quoted, not interpolated."""
+    if not api_key or "\n" in api_key:
+        raise ValueError("the API key must be one non-empty line")
+    return HEADER + f"""install -d -m 0700 {q(STATE_DIR)}
+umask 077
+# shellcheck disable=SC2016  # the key is a literal: nothing in it may expand
+printf '%s' {q(api_key)} > {q(KEY_FILE + ".tmp")}
+mv {q(KEY_FILE + ".tmp")} {q(KEY_FILE)}
+echo "servenest: API key written"
+"""
+
+
+def status_script() -> str:
+    """One line: ``<status> <exit code> <restarts>``, or ``absent``."""
+    return HEADER + f"""docker inspect -f '{{{{.State.Status}}}} {{{{.State.ExitCode}}}} {{{{.RestartCount}}}}' {CONTAINER_NAME} 2>/dev/null || echo absent
+"""
+
+
+def logs_script(lines: int) -> str:
+    return HEADER + f"""docker logs --tail {int(lines)} {CONTAINER_NAME} 2>&1 || echo "servenest: no container {CONTAINER_NAME}"
+"""
+
+
+def ray_status_script() -> str:
+    return HEADER + f"""docker exec {CONTAINER_NAME} ray status 2>&1 || echo "servenest: ray status unavailable"
 """

@@ -6,10 +6,14 @@ from servenest.commands import CommandRunner, subprocess_runner
 from servenest.errors import TopologyNotAvailableError
 from servenest.spec import DeploymentSpec
 from servenest.state import DeploymentState
-from servenest.topology.base import Endpoint, EngineStatus, StagedWeights, Topology
+from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
+from servenest.topology.ecs import EcsTopology
 from servenest.topology.local import LocalTopology
 
-TOPOLOGIES: dict[str, type[Topology]] = {LocalTopology.name: LocalTopology}
+# Keyed by the spec's (and the state record's) ``topology`` field.
+TOPOLOGIES: dict[str, type[Topology]] = {
+    "local": LocalTopology, "ecs-single": EcsTopology, "ecs-dual": EcsTopology,
+}
 
 
 def open_topology(
@@ -26,4 +30,4 @@ def open_topology(
     return cls(spec, state, run)
 
 
-__all__ = ["TOPOLOGIES", "Endpoint", "EngineStatus", "StagedWeights", "Topology", "open_topology"]
+__all__ = ["TOPOLOGIES", "Endpoint", "EngineStatus", "Estimate", "StagedWeights", "Topology", "open_topology"]

@@ -8,6 +8,7 @@ one implementation per cloud).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,6 +33,17 @@ class EngineStatus:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """What the deployment costs per hour while it runs, before anything is created."""
+
+    hourly: float
+    currency: str
+    placement: str
+    lines: tuple[tuple[str, str, float], ...] = ()  # (resource, type, hourly amount)
+    alternatives: tuple[tuple[str, float], ...] = ()  # (fallback instance type, hourly)
+
+
+@dataclass(frozen=True)
 class StagedWeights:
     location: str
     files: int
@@ -48,7 +60,7 @@ class Topology(ABC):
         run: CommandRunner = subprocess_runner,
     ):
         self.spec = spec
-        self.state = state or load_state(spec.name) or DeploymentState(spec.name, self.name)
+        self.state = state or load_state(spec.name) or DeploymentState(spec.name, spec.topology)
         self.run = run
 
     @property
@@ -65,12 +77,22 @@ class Topology(ABC):
         """What provision and launch would create and run, touching nothing."""
 
     @abstractmethod
+    def preflight(self) -> dict:
+        """Every check that can be made before money is spent (credentials, region, zones,
+        instance types, template); raises a clear error, creates nothing."""
+
+    @abstractmethod
+    def estimate(self) -> Estimate:
+        """The hourly price of what provision would create."""
+
+    @abstractmethod
     def provision(self) -> dict:
         """Create (or find) the machines and the engine runtime; idempotent."""
 
     @abstractmethod
-    def stage_weights(self) -> StagedWeights:
-        """Put verified weights where the engine reads them; skip a verified copy."""
+    def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
+        """Put verified weights where the engine reads them; skip a verified copy.
+        ``progress(percent, message)`` is called as staging goes on."""
 
     @abstractmethod
     def launch(self, api_key: str) -> dict:
@@ -87,6 +109,10 @@ class Topology(ABC):
     @abstractmethod
     def status(self) -> EngineStatus:
         """Whether the engine process is running."""
+
+    def diagnostics(self) -> dict:
+        """What helps a person see why a gate failed (overridden where there is more)."""
+        return {"status": self.status().detail, "logs": self.logs(40)}
 
     @abstractmethod
     def teardown(self) -> dict:

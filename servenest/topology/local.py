@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shlex
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from servenest import paths, process
@@ -19,6 +18,7 @@ from servenest.errors import (
     WeightsError,
 )
 from servenest.fit import hardware_candidates, parallelism
+from servenest.locks import file_lock
 from servenest.manifest import (
     build_manifest,
     mismatched,
@@ -26,7 +26,7 @@ from servenest.manifest import (
     verified_manifest,
     write_manifest,
 )
-from servenest.topology.base import Endpoint, EngineStatus, StagedWeights, Topology
+from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
 
 TINY_MODEL_SCRIPT = Path(__file__).resolve().parent.parent / "engines" / "tiny_model.py"
 TINY_MODEL_SEED = 0
@@ -65,6 +65,13 @@ class LocalTopology(Topology):
         )
 
     # -- interface ----------------------------------------------------------------------
+    def preflight(self) -> dict:
+        self._check_port()
+        return {"host": self.host, "port": self.port}
+
+    def estimate(self) -> Estimate:
+        return Estimate(0.0, "-", "this machine")
+
     def provision(self) -> dict:
         self._check_port()
         if self.spec.local.engine_python:
@@ -93,7 +100,7 @@ class LocalTopology(Topology):
                 ) from None
         return True
 
-    def stage_weights(self) -> StagedWeights:
+    def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
         root, manifest_at = self._weights_dir()
         mode = self.spec.weights.verify
         with _directory_lock(root):  # two provisions of one model must not race its files
@@ -108,6 +115,8 @@ class LocalTopology(Topology):
                 write_manifest(root, manifest, manifest_at)
         self.state.weights = {"dir": str(root), "digest": manifest.digest, "bytes": manifest.total_bytes}
         self.save()
+        if progress is not None:
+            progress(100.0, f"{len(manifest.files)} files verified in {root}")
         return StagedWeights(str(root), len(manifest.files), manifest.total_bytes, manifest.digest, reused)
 
     def _drop_mismatched(self, root: Path, manifest_at: Path | None, mode) -> None:
@@ -249,17 +258,9 @@ class LocalTopology(Topology):
             )
 
 
-@contextmanager
 def _directory_lock(root: Path):
     # In ServeNest's own cache: a user's model directory (or its parent) is never written.
-    lock = paths.models_dir() / ".locks" / f"{paths.safe_component(str(root))}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(paths.models_dir() / ".locks" / f"{paths.safe_component(str(root))}.lock")
 
 
 def _inherited_env() -> dict[str, str]:

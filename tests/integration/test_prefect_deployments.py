@@ -47,6 +47,7 @@ def test_every_spec_is_deployed_under_each_flow(worker):
     out = prefect("deployment", "ls")
     for flow in ("provision", "launch", "health-gate", "teardown"):
         assert f"{flow}/local-tiny" in out.stdout
+    assert "sweep/cn-hangzhou" in out.stdout
 
 
 def test_a_bad_spec_parameter_fails_the_run_with_the_reason(worker, make_spec):

@@ -113,3 +113,49 @@ def process_groups():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cloud(monkeypatch):
+    """The cloud emulator with the SDK clients pointed at it and every wait shrunk 1000x.
+
+    Hosts answer Cloud Assistant through ``cloud.command_handler`` (default: the
+    ``FakeHosts`` below); tests that need real scripts run use EmulatedHosts."""
+    from servenest.cloud.emulator import CloudEmulator
+
+    hosts = FakeHosts()
+    with CloudEmulator(seed=3, instance_address="auto", command_handler=hosts,
+                       require_known_instances=True) as emu:
+        emu.hosts = hosts
+        monkeypatch.setenv("SERVENEST_CLOUD_EMULATOR", emu.endpoint)
+        monkeypatch.setenv("SERVENEST_CLOUD_TIME_SCALE", "0.001")
+        yield emu
+
+
+class FakeHosts:
+    """Answers the ServeNest host scripts the way a healthy GPU host would, and records them."""
+
+    def __init__(self):
+        self.scripts: list[tuple[str, str]] = []
+        self.container = "running 0 0"
+        self.staged: set[str] = set()
+        self.fail: dict[str, tuple[int, str]] = {}  # script marker -> (exit code, output)
+
+    def __call__(self, content: str, instance_id: str):
+        self.scripts.append((instance_id, content))
+        for marker, outcome in self.fail.items():
+            if marker in content:
+                return outcome
+        if "ServeNest staging" in content:
+            reused = instance_id in self.staged
+            self.staged.add(instance_id)
+            note = "match their manifest; skipping download" if reused else "staged 3 files"
+            return 0, f"servenest: {note}\nservenest-weights: files=3 bytes=4096 digest={'d' * 64}\n"
+        if "docker inspect" in content:
+            return 0, self.container + "\n"
+        if "docker logs" in content:
+            return 0, "INFO engine log line\nERROR something broke\n"
+        return 0, "ok\n"
+
+    def named(self, marker: str) -> list[tuple[str, str]]:
+        return [(i, c) for i, c in self.scripts if marker in c]

@@ -55,13 +55,15 @@ def test_plan_text_has_a_section_per_key(in_repo, capsys):
         assert section in out
 
 
-def test_plan_of_a_cloud_topology_says_what_is_missing(tmp_path, spec_dict, capsys):
+def test_plan_of_an_ecs_spec_renders_template_and_scripts_without_a_cloud(tmp_path, spec_dict, capsys, monkeypatch):
+    monkeypatch.setenv("SERVENEST_CLOUD_EMULATOR", "127.0.0.1:9")  # nothing listens: any call fails
     p = tmp_path / "qwq.yaml"
     p.write_text(yaml.safe_dump(spec_dict("ecs")))
     assert main(["plan", str(p), "--format", "json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["fit"][0]["tensor_parallel_size"] == 8
-    assert "ecs-single" in plan["topology"]
+    assert "ALIYUN::ECS::Instance" in plan["ros_template"]
+    assert set(plan["scripts"]["single"]) == {"stage_weights", "launch", "teardown"}
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])

@@ -425,3 +425,76 @@ def test_time_based_completion_and_admin_endpoint():
             _get(ros, sid)
         calls = json.load(opener.open(f"{base}/calls"))
         assert calls["count"] == len(emu.calls) and calls["calls"][-1]["status"] == 400
+
+
+def _run(ecs, instance_id, script="true", token=None, timeout=60):
+    return ecs.run_command(ecs_models.RunCommandRequest(
+        region_id="cn-hangzhou", type="RunShellScript", instance_id=[instance_id],
+        command_content=script, timeout=timeout, client_token=token)).body
+
+
+def _results(ecs, invoke_id):
+    return ecs.describe_invocation_results(ecs_models.DescribeInvocationResultsRequest(
+        region_id="cn-hangzhou", invoke_id=invoke_id)).body.invocation.invocation_results.invocation_result
+
+
+def test_run_command_is_idempotent_per_client_token_and_runs_while_polled(emu, ecs):
+    import threading
+
+    release = threading.Event()
+    ran = []
+
+    def slow(command, instance_id):
+        ran.append(instance_id)
+        release.wait(5)
+        return 0, "done"
+
+    emu.command_handler = slow
+    first = _run(ecs, "i-1", token="tok-a")
+    assert _run(ecs, "i-1", token="tok-a").invoke_id == first.invoke_id
+    for _ in range(3):  # the script is still running: polls say so
+        assert _results(ecs, first.invoke_id)[0].invocation_status == "Running"
+    release.set()
+    time.sleep(0.1)
+    assert _results(ecs, first.invoke_id)[0].invocation_status == "Success"
+    assert ran == ["i-1"]  # ran once despite the repeated RunCommand
+
+
+def test_a_command_past_its_timeout_reports_timeout(emu, ecs):
+    clock = [0.0]
+    emu.clock = lambda: clock[0]
+    emu.command_handler = lambda c, i: time.sleep(0.5)
+    inv = _run(ecs, "i-1", timeout=10)
+    clock[0] = 11.0
+    row = _results(ecs, inv.invoke_id)[0]
+    assert row.invocation_status == "Timeout" and row.error_code == "InvocationTimeout"
+
+
+def test_unknown_instances_and_regions_are_refused_like_the_cloud(emu, ecs):
+    emu.require_known_instances = True
+    with pytest.raises(ClientException) as err:
+        _run(ecs, "i-nope")
+    assert err.value.code == "InvalidInstance.NotFound" and err.value.status_code == 404
+    with pytest.raises(ClientException) as err:
+        ecs.describe_available_resource(ecs_models.DescribeAvailableResourceRequest(
+            region_id="cn-atlantis", destination_resource="InstanceType"))
+    assert err.value.code == "InvalidRegionId.NotFound"
+
+
+def test_available_resources_list_each_zone_and_its_types(emu, ecs):
+    emu.regions = {"cn-hangzhou": {"cn-hangzhou-i": ["ecs.gn7i-c8g1.2xlarge"], "cn-hangzhou-j": None}}
+    zones = ecs.describe_available_resource(ecs_models.DescribeAvailableResourceRequest(
+        region_id="cn-hangzhou", destination_resource="InstanceType")).body.available_zones.available_zone
+    offered = {z.zone_id: [s.value for r in z.available_resources.available_resource
+                           for s in r.supported_resources.supported_resource] for z in zones}
+    assert offered["cn-hangzhou-i"] == ["ecs.gn7i-c8g1.2xlarge"]
+    assert "ecs.ebmgn8v.48xlarge" in offered["cn-hangzhou-j"]
+
+
+def test_a_lost_response_still_takes_effect(emu, ros):
+    emu.faults.update({"lost_response_rate": 1.0, "only_actions": ["CreateStack"]})
+    with pytest.raises(ServerException):
+        ros.create_stack(ros_models.CreateStackRequest(
+            region_id="cn-hangzhou", stack_name="lost", template_body=TEMPLATE, client_token="t1",
+            parameters=[ros_models.CreateStackRequestParameters(parameter_key="ModelName", parameter_value="m")]))
+    assert emu.stack_by_name("lost") is not None

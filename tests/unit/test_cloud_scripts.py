@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from servenest.cloud import scripts
-from servenest.cloud.scripts import container_script, launch_script, staging_script, teardown_script
+from servenest.cloud.scripts import (
+    container_script,
+    key_script,
+    launch_script,
+    logs_script,
+    ray_status_script,
+    staging_script,
+    status_script,
+    teardown_script,
+)
 
 A10X8 = "ecs.gn7i-8x.16xlarge"
 H20 = "ecs.ebmgn8v.48xlarge"
@@ -50,6 +59,10 @@ def rendered(single, dual, make_spec):
         "stage-single": staging_script(single, "single"),
         "stage-worker": staging_script(dual(), "worker"),
         "teardown": teardown_script(),
+        "api-key": key_script("sk-with 'quotes' and $dollars"),
+        "status": status_script(),
+        "logs": logs_script(40),
+        "ray-status": ray_status_script(),
         "vllm-single": launch_script(single, "single"),
         "sglang-single": launch_script(sglang_single, "single"),
         "vllm-master": launch_script(dual(), "master"),
@@ -202,3 +215,14 @@ def test_staging_contract(tmp_path, make_spec):
     (weights / "model.safetensors").write_text("corrupt\n")  # same size: only full verify sees it
     assert "staged 2 files" in run()
     assert len(calls.read_text().splitlines()) == 2
+
+
+def test_key_script_writes_the_key_exactly_and_root_only(tmp_path):
+    key = "sk-with 'quotes' and $dollars `ticks`"
+    script = key_script(key).replace("/root/", f"{tmp_path}/")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and key not in done.stdout + done.stderr
+    written = tmp_path / ".servenest" / "api-key"
+    assert written.read_text() == key and oct(written.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(ValueError):
+        key_script("two\nlines")

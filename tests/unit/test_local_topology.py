@@ -12,7 +12,7 @@ import pytest
 from servenest import paths, process
 from servenest.errors import PortInUseError, SpecError, WeightsError
 from servenest.manifest import MANIFEST_NAME
-from servenest.spec import load_spec_file
+from servenest.spec import load_spec_data, load_spec_file
 from servenest.state import DeploymentState, load_state, state_path
 from servenest.topology import EngineStatus, open_topology
 from servenest.topology.local import LocalTopology, download_commands
@@ -91,8 +91,10 @@ def test_open_topology_refuses_topologies_without_bring_up(make_spec):
     from servenest.errors import TopologyNotAvailableError
 
     assert isinstance(open_topology(make_spec()), LocalTopology)
-    with pytest.raises(TopologyNotAvailableError, match="ecs-single"):
-        open_topology(make_spec("ecs"))
+    ack = make_spec("ecs").model_dump(mode="json")
+    ack.update(topology="ack", cloud={"gpu_kind": "A10", "gpus_per_node": 8})
+    with pytest.raises(TopologyNotAvailableError, match="ack"):
+        open_topology(load_spec_data(ack))
 
 
 # -- provision -----------------------------------------------------------------------------------

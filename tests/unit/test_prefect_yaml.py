@@ -61,7 +61,19 @@ def test_render_has_a_deployment_per_flow_per_spec_file():
         assert by_entry["flows/health_gate.py:health_gate"]["parameters"] == {"name": spec.name}
         assert by_entry["flows/benchmark.py:benchmark"]["parameters"] == {"name": spec.name}
         assert by_entry["flows/teardown.py:teardown"]["parameters"] == {"name": spec.name}
-    assert len(doc["deployments"]) == len(ENTRYPOINTS) * len(files)
+    sweeps = [d for d in doc["deployments"] if d["entrypoint"] == "flows/sweep.py:sweep"]
+    assert len(doc["deployments"]) == len(ENTRYPOINTS) * len(files) + len(sweeps)
+
+
+def test_each_cloud_region_gets_a_dry_run_sweep_that_is_off_until_turned_on(tmp_path, spec_dict):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec_dict("ecs", cloud={"region": "cn-beijing"})))
+    doc = yaml.safe_load(render(tmp_path))
+    sweeps = {d["name"]: d for d in doc["deployments"] if d["entrypoint"] == "flows/sweep.py:sweep"}
+    assert sorted(sweeps) == ["cn-beijing", "cn-hangzhou"]
+    for region, d in sweeps.items():
+        assert d["parameters"] == {"region": region, "dry_run": True}
+        assert d["schedules"] == [{"cron": "30 3 * * *", "timezone": "Asia/Shanghai", "active": False}]
+    assert flow_name("flows/sweep.py:sweep") == "sweep"
 
 
 def test_committed_prefect_yaml_equals_render():
@@ -75,7 +87,8 @@ def test_render_of_another_directory(tmp_path, spec_dict):
     (tmp_path / "notes.txt").write_text("ignored")
     text = render(tmp_path)
     doc = yaml.safe_load(text)
-    assert [d["name"] for d in doc["deployments"]] == ["first"] * len(ENTRYPOINTS) + ["second"] * len(ENTRYPOINTS)
+    assert [d["name"] for d in doc["deployments"]] == (
+        ["first"] * len(ENTRYPOINTS) + ["second"] * len(ENTRYPOINTS) + ["cn-hangzhou"])
     assert "&id" not in text and "*id" not in text  # no YAML aliases
     assert text == render(tmp_path)  # deterministic
 

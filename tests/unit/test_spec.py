@@ -386,3 +386,33 @@ def test_the_local_topology_refuses_sglang(spec_dict):
     data["engine"] = {**data.get("engine", {}), "kind": "sglang"}
     with pytest.raises(SpecError, match="local topology runs vLLM"):
         load_spec_data(data)
+
+
+# -- cloud placement ----------------------------------------------------------------------------
+@pytest.mark.parametrize("region", ["hangzhou", "CN-HANGZHOU", "cn_hangzhou", ""])
+def test_a_malformed_region_is_refused(spec_dict, region):
+    assert "cloud.region" in spec_error(spec_dict("ecs", cloud={"region": region}))
+
+
+def test_a_zone_of_another_region_is_refused(spec_dict):
+    msg = spec_error(spec_dict("ecs", cloud={"region": "cn-beijing", "zones": ["cn-hangzhou-i"]}))
+    assert "cn-hangzhou-i" in msg and "cn-beijing" in msg
+
+
+def test_an_unknown_instance_type_gets_a_suggestion(make_spec):
+    from servenest.fit import check_spec_fits
+
+    with pytest.raises(SpecError, match="Did you mean ecs.gn7i-8x.16xlarge"):
+        check_spec_fits(make_spec("ecs", cloud={"instance_types": ["ecs.gn7i-8x.16xlarg"]}))
+
+
+def test_budget_and_approval_fields(make_spec, spec_dict):
+    spec = make_spec("ecs", cloud={"hourly_budget": 50, "require_approval": True})
+    assert spec.cloud.hourly_budget == 50 and spec.cloud.require_approval
+    assert "cloud.hourly_budget" in spec_error(spec_dict("ecs", cloud={"hourly_budget": -1}))
+
+
+@pytest.mark.parametrize("source, extra", [("huggingface", {}), ("oss", {"oss_uri": "oss://bucket-a/models/x"})])
+def test_ecs_stages_from_modelscope_only(spec_dict, source, extra):
+    msg = spec_error(spec_dict("ecs", weights={"source": source, **extra}))
+    assert "ModelScope" in msg

@@ -1,0 +1,56 @@
+"""A whole cloud on this machine: the API emulator plus hosts that run the real scripts.
+
+``servenest up SPEC --emulate`` and the end-to-end tests use it to run a cloud pipeline
+without an account: ROS stacks and Cloud Assistant are emulated, the host scripts really
+run (with shims for docker, nvidia-smi and modelscope), and each emulated instance serves
+the built-in tiny model with the real CPU vLLM on its own loopback address.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from servenest import paths
+from servenest.cloud.api import EMULATOR_ENV, TIME_SCALE_ENV
+from servenest.cloud.emulated_host import EmulatedHosts
+from servenest.cloud.emulator import CloudEmulator
+
+# Emulated stacks finish in a couple of polls; shrink the real-cloud waits to match.
+REHEARSAL_TIME_SCALE = "0.02"
+
+
+def emulated_hosts(emu: CloudEmulator, root: Path, engine: str = "vllm", **kw) -> EmulatedHosts:
+    """Hosts wired to the emulator's instances (addresses, types) and its deletions."""
+    hosts = EmulatedHosts(root, engine=engine, **kw)
+    hosts.address_of = lambda iid: emu.instances[iid]["private_ip"]
+    hosts.instance_type_of = lambda iid: (emu.instances.get(iid) or {}).get("instance_type")
+    emu.command_handler = hosts.run
+    emu.on_instances_released = hosts.release
+    emu.require_known_instances = True
+    return hosts
+
+
+@contextmanager
+def emulated_cloud(engine: str = "vllm", root: Path | None = None, *,
+                   time_scale: str = REHEARSAL_TIME_SCALE, **emulator_kw) -> Iterator[CloudEmulator]:
+    """Start the emulator and hosts, point the SDK clients at them; stop everything after."""
+    emu = CloudEmulator(instance_address="auto", **emulator_kw)
+    hosts = emulated_hosts(emu, root or paths.home() / "emulator" / "hosts", engine)
+    emu.hosts = hosts
+    saved = {k: os.environ.get(k) for k in (EMULATOR_ENV, TIME_SCALE_ENV)}
+    emu.start()
+    os.environ[EMULATOR_ENV] = emu.endpoint
+    os.environ[TIME_SCALE_ENV] = time_scale
+    try:
+        yield emu
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        emu.stop()
+        hosts.close()  # no emulated engine outlives the rehearsal
