@@ -212,7 +212,10 @@ def template_parameters(spec: DeploymentSpec, *, vswitch_cidr: str | None = None
     existing_net, existing_sg = _network_mode(spec)
     if spec.topology == "ecs-dual" and existing_net and not existing_sg:
         if not vswitch_cidr:
-            raise ValueError("ecs-dual on an existing VSwitch needs vswitch_cidr (its CIDR block)")
+            raise ValueError(
+                "ecs-dual on an existing VSwitch also needs cloud.security_group_id (a group that "
+                "lets the two nodes reach each other); this version does not read the VSwitch CIDR"
+            )
         return {_CIDR_PARAMETER: str(ipaddress.ip_network(vswitch_cidr, strict=True))}
     return {}
 
