@@ -1,0 +1,1 @@
+"""Kubernetes objects for the ack topology (rendered here; applied by the topology)."""
