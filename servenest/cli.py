@@ -139,7 +139,7 @@ def rehearse(spec, args) -> int:
             teardown(spec.name)
         calls = emu.calls
         print(json.dumps({"rehearsal": spec.name, "cloud_api_calls": len(calls),
-                          "retried_errors": sum(1 for c in calls if c.status >= 400),
+                          "error_answers": sum(1 for c in calls if c.status >= 400),
                           "stacks_left": [st.name for st in emu.stacks.values() if st.status != "DELETE_COMPLETE"]},
                          indent=2))
     return 0

@@ -105,16 +105,16 @@ def emulator_credentials() -> Credentials | None:
     return Credentials(EMULATOR_ACCESS_KEY, "emulator-secret", None, endpoint)
 
 
-def _config(creds: Credentials, region: str):
+def _config(creds: Credentials, region: str, product: str):
     from alibabacloud_tea_openapi.models import Config
 
     cfg = Config(
         access_key_id=creds.access_key_id, access_key_secret=creds.access_key_secret,
         security_token=creds.security_token, region_id=region,
         connect_timeout=5000, read_timeout=30000,
+        endpoint=creds.endpoint or _public_endpoint(product, region),
     )
     if creds.endpoint:
-        cfg.endpoint = creds.endpoint
         cfg.protocol = "http"  # the emulator speaks plain HTTP; every API defaults to HTTPS
     return cfg
 
@@ -157,10 +157,7 @@ class CloudSession:
     def client(self, product: str):
         with self._lock:
             if product not in self._clients:
-                cfg = _config(self.creds, self.region)
-                if not self.creds.endpoint:
-                    cfg.endpoint = _public_endpoint(product, self.region)
-                self._clients[product] = _client_class(product)(cfg)
+                self._clients[product] = _client_class(product)(_config(self.creds, self.region, product))
             return self._clients[product]
 
     def call(self, product: str, method: str, *args: Any) -> dict[str, Any]:

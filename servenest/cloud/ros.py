@@ -141,8 +141,7 @@ class Stacks:
         return self.s.call("ros", "create_stack", req)["StackId"]
 
     def wait_created(self, stack_id: str, on_poll: Callable[[dict], None] | None = None) -> StackResult:
-        body = self._wait(stack_id, lambda st: not st.endswith(IN_PROGRESS_SUFFIX),
-                          self.s.timings.stack_timeout_s, on_poll)
+        body = self.wait_settled(stack_id, on_poll)
         if body is None:
             raise StackFailedError(f"stack {stack_id} disappeared while being created", code="StackNotFound")
         status = body.get("Status", "")
@@ -150,10 +149,10 @@ class Stacks:
         failed = [] if status == "CREATE_COMPLETE" else self.failed_resources(stack_id)
         return StackResult(stack_id, status, body.get("StatusReason", ""), outputs, failed)
 
-    def wait_settled(self, stack_id: str) -> dict | None:
+    def wait_settled(self, stack_id: str, on_poll: Callable[[dict], None] | None = None) -> dict | None:
         """Wait out whatever the stack is doing; None when it is gone."""
         return self._wait(stack_id, lambda st: not st.endswith(IN_PROGRESS_SUFFIX),
-                          self.s.timings.stack_timeout_s)
+                          self.s.timings.stack_timeout_s, on_poll)
 
     def failed_resources(self, stack_id: str) -> list[dict[str, str]]:
         """The resources whose creation failed, with ROS's reasons (from the stack events)."""

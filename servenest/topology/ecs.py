@@ -181,8 +181,12 @@ class EcsTopology(Topology):
                 others.append((other_type, self._price(other_zone, other_type).hourly))
         return Estimate(first.hourly, first.currency, first.placement, first.lines, tuple(others))
 
+    @cached_property
+    def _prices(self) -> dict[str, Estimate]:
+        return {}  # per instance type: one GetTemplateEstimateCost each per run
+
     def _price(self, zone: str, itype: str) -> Estimate:
-        cache = self.__dict__.setdefault("_prices", {})
+        cache = self._prices
         if itype not in cache:
             template, parameters = render(self.spec, zone, itype)
             lines, currency = [], "CNY"
@@ -335,6 +339,10 @@ class EcsTopology(Topology):
         itype = self._placement()["instance_type"] or self.spec.cloud.instance_types[0]
         return placed_spec(self.spec, itype)
 
+    def _serving_ids(self) -> list[str]:
+        """The host that serves HTTP (and holds the key): single, or master on ecs-dual."""
+        return self._ids(["single", "master"])
+
     def _ids(self, roles: list[str] | None = None) -> list[str]:
         if not self.instances:
             raise ServeNestError(f"{self.spec.name} has no instances yet; run provision first")
@@ -369,7 +377,7 @@ class EcsTopology(Topology):
 
     # -- engine -------------------------------------------------------------------------
     def launch(self, api_key: str) -> dict:
-        serving = self._ids(["single", "master"])
+        serving = self._serving_ids()
         self.assistant.run(serving, scripts.key_script(api_key), name="servenest-api-key", timeout_s=60)
         spec = self._placed()
         head = self.instances[0]["private_ip"] if spec.topology == "ecs-dual" else None
@@ -399,7 +407,7 @@ class EcsTopology(Topology):
         cache = self._cached_status
         if cache and now - cache[0] < self.session.timings.status_cache_s * self.session.timings.scale:
             return cache[1]
-        serving = self._ids(["single", "master"])
+        serving = self._serving_ids()
         try:
             result = self.assistant.run(serving, scripts.status_script(), name="servenest-status",
                                         timeout_s=60, check=False)[0]
@@ -417,20 +425,26 @@ class EcsTopology(Topology):
     def logs(self, lines: int = 40) -> list[str]:
         if not self.instances:
             return []
-        result = self.assistant.run(self._ids(["single", "master"]), scripts.logs_script(lines),
+        result = self.assistant.run(self._serving_ids(), scripts.logs_script(lines),
                                     name="servenest-logs", timeout_s=60, check=False)[0]
         return redact_keys(result.output).splitlines()[-lines:]
 
     def diagnostics(self) -> dict:
-        out: dict = {}
-        for inst in self.instances:
-            [st] = self.assistant.run([inst["instance_id"]], scripts.status_script(),
-                                      name="servenest-status", timeout_s=60, check=False)
-            [lg] = self.assistant.run([inst["instance_id"]], scripts.logs_script(40),
-                                      name="servenest-logs", timeout_s=60, check=False)
-            out[inst["role"]] = {"instance_id": inst["instance_id"], "container": _container_status(st).detail,
-                                 "logs": redact_keys(lg.output).splitlines()}
-        if self.spec.topology == "ecs-dual" and self.instances:
+        if not self.instances:
+            return {}
+        ids = self._ids()
+        # One command per question, run on every host at once.
+        states = {r.instance_id: r for r in self.assistant.run(
+            ids, scripts.status_script(), name="servenest-status", timeout_s=60, check=False)}
+        logs = {r.instance_id: r for r in self.assistant.run(
+            ids, scripts.logs_script(40), name="servenest-logs", timeout_s=60, check=False)}
+        out: dict = {
+            inst["role"]: {"instance_id": (iid := inst["instance_id"]),
+                           "container": _container_status(states[iid]).detail,
+                           "logs": redact_keys(logs[iid].output).splitlines()}
+            for inst in self.instances
+        }
+        if self.spec.topology == "ecs-dual":
             [ray] = self.assistant.run(self._ids(["master"]), scripts.ray_status_script(),
                                        name="servenest-ray-status", timeout_s=60, check=False)
             out["ray"] = {"nodes": _ray_nodes(ray.output), "status": ray.output.splitlines()}

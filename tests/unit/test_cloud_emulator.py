@@ -260,45 +260,24 @@ def test_run_command(emu, ecs):
     assert rid.invoke_id.startswith("t-") and rid.command_id
     assert emu.calls_for("RunCommand")[0].params["InstanceId.1"] == "i-1"
 
-    def results(invoke_id):
-        return ecs.describe_invocation_results(
-            ecs_models.DescribeInvocationResultsRequest(
-                region_id="cn-hangzhou", invoke_id=invoke_id
-            )
-        ).body.invocation.invocation_results.invocation_result
-
-    running = results(rid.invoke_id)
+    running = _results(ecs, rid.invoke_id)
     assert [r.invocation_status for r in running] == ["Running"]
-    done = results(rid.invoke_id)[0]
+    done = _results(ecs, rid.invoke_id)[0]
     assert done.invocation_status == "Success" and done.exit_code == 0
     assert done.invoke_record_status == "Finished"
     assert base64.b64decode(done.output).decode() == "hello\n"
     assert seen == [("echo hello", "i-1")]
 
-    failing = ecs.run_command(
-        ecs_models.RunCommandRequest(
-            region_id="cn-hangzhou",
-            type="RunShellScript",
-            instance_id=["i-2"],
-            command_content="exit 3",
-        )
-    ).body.invoke_id
-    results(failing)
-    bad = results(failing)[0]
+    failing = _run(ecs, "i-2", "exit 3").invoke_id
+    _results(ecs, failing)
+    bad = _results(ecs, failing)[0]
     assert bad.invocation_status == "Failed" and bad.exit_code == 3
     assert base64.b64decode(bad.output) == b"boom"
 
     emu.command_handler = None
-    plain = ecs.run_command(
-        ecs_models.RunCommandRequest(
-            region_id="cn-hangzhou",
-            type="RunShellScript",
-            instance_id=["i-3"],
-            command_content="true",
-        )
-    ).body.invoke_id
-    results(plain)
-    assert results(plain)[0].exit_code == 0 and results(plain)[0].output == ""
+    plain = _run(ecs, "i-3").invoke_id
+    _results(ecs, plain)
+    assert _results(ecs, plain)[0].exit_code == 0 and _results(ecs, plain)[0].output == ""
 
 
 def test_cs(emu, cs):
