@@ -70,7 +70,12 @@ def cmd_plan(args) -> int:
     else:
         for section, body in plan.items():
             print(f"== {section}")
-            print(body if isinstance(body, str) else json.dumps(body, indent=2))
+            if section == "kubernetes":  # as kubectl would take them
+                from servenest.k8s.manifests import to_yaml
+
+                print(to_yaml(body))
+            else:
+                print(body if isinstance(body, str) else json.dumps(body, indent=2))
     return 0
 
 
@@ -117,32 +122,51 @@ def cmd_up(args) -> int:
 
 
 def rehearse(spec, args) -> int:
-    """Provision, prove and tear down a cloud spec against the local emulator (no account)."""
+    """Provision, prove and tear down a cloud spec against the local emulators (no account)."""
     from flows.provision import provision
     from flows.teardown import teardown
-    from servenest.cloud.rehearsal import emulated_cloud
 
     if spec.topology == "local":
         raise ServeNestError("--emulate rehearses the cloud topologies; a local spec runs for real already")
-    with emulated_cloud(args.emulate_engine) as emu, prefect_api():
+    with _emulation(spec, args) as summary, prefect_api():
         ensure_key(spec.access.api_key_secret)
         try:
             result = provision(spec, keep_on_failure=args.keep_on_failure, load_check=args.load_check)
             print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
             if args.hold:
-                print(f"rehearsal of {spec.name} is serving the tiny model at {result['base_url']}/v1 "
+                print(f"rehearsal of {spec.name} is serving at {result['base_url']}/v1 "
                       f"(key: `servenest key {spec.name}`); Ctrl-C tears it down")
                 with contextlib.suppress(KeyboardInterrupt):
                     while True:
                         time.sleep(3600)
         finally:
             teardown(spec.name)
-        calls = emu.calls
-        print(json.dumps({"rehearsal": spec.name, "cloud_api_calls": len(calls),
-                          "error_answers": sum(1 for c in calls if c.status >= 400),
-                          "stacks_left": [st.name for st in emu.stacks.values() if st.status != "DELETE_COMPLETE"]},
-                         indent=2))
+        print(json.dumps({"rehearsal": spec.name, **summary()}, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _emulation(spec, args):
+    """The emulated cloud for the spec's topology; yields what to report afterwards."""
+    from servenest import paths
+
+    if spec.topology == "ack":
+        from servenest.k8s.rehearsal import emulated_ack, objects_left
+
+        # Pods run the no-op OpenAI server: a CPU engine cannot stand in for GPU pods' memory.
+        print("ack rehearsal: CS and Kubernetes APIs emulated; serving pods run the no-op server")
+        with emulated_ack(paths.home() / "emulator" / "ack", cluster_id=spec.cloud.cluster_id) as (
+                cloud, _, kube, _):
+            yield lambda: {"cloud_api_calls": len(cloud.calls), "kubernetes_api_calls": len(kube.calls),
+                           "error_answers": sum(1 for c in [*cloud.calls, *kube.calls] if c.status >= 400),
+                           "objects_left": objects_left(kube)}
+        return
+    from servenest.cloud.rehearsal import emulated_cloud
+
+    with emulated_cloud(args.emulate_engine) as emu:
+        yield lambda: {"cloud_api_calls": len(emu.calls),
+                       "error_answers": sum(1 for c in emu.calls if c.status >= 400),
+                       "stacks_left": [st.name for st in emu.stacks.values() if st.status != "DELETE_COMPLETE"]}
 
 
 def cmd_down(args) -> int:

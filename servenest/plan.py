@@ -10,8 +10,6 @@ from servenest.spec import DeploymentSpec
 from servenest.state import DeploymentState
 from servenest.topology import open_topology
 
-ACK_NAMESPACE = "llm-model"  # seed 003's namespace
-
 
 def render_plan(spec: DeploymentSpec) -> dict:
     plan: dict = {
@@ -23,11 +21,6 @@ def render_plan(spec: DeploymentSpec) -> dict:
         topology = open_topology(spec, DeploymentState(spec.name, spec.topology))
     except TopologyNotAvailableError as exc:
         plan["topology"] = str(exc)
-        if spec.topology == "ack" and spec.weights.oss_uri:
-            from servenest.k8s.fluid import fluid_objects
-
-            # The weights' warm-up objects already render; serving objects come with ack.
-            plan["kubernetes"] = fluid_objects(spec, ACK_NAMESPACE, spec.weights.oss_uri)
         return plan
     plan.update(topology.plan())
     return plan

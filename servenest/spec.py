@@ -108,6 +108,22 @@ class EngineSpec(_Strict):
         return env
 
 
+def check_oss_uri(uri: str) -> str:
+    """oss://bucket/prefix with a bucket name OSS accepts (3-63 lowercase letters, digits and
+    hyphens, starting and ending with a letter or digit)."""
+    m = re.match(r"^oss://([^/]*)(/.*)?$", uri)
+    if not m:
+        raise ValueError(f"weights.oss_uri {uri!r} must look like oss://bucket-name/prefix")
+    bucket = m.group(1)
+    if not re.match(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", bucket):
+        raise ValueError(
+            f"{bucket!r} is not a bucket name OSS accepts: 3-63 characters of lowercase letters, "
+            f"digits and hyphens, starting and ending with a letter or digit")
+    if "//" in (m.group(2) or ""):
+        raise ValueError(f"weights.oss_uri {uri!r} has an empty path segment")
+    return uri
+
+
 class WeightsSpec(_Strict):
     source: Literal["builtin", "local", "modelscope", "huggingface", "oss"] = Field(
         "modelscope", description="Where the weights come from."
@@ -124,10 +140,10 @@ class WeightsSpec(_Strict):
     def _source_fields(self) -> WeightsSpec:
         if self.source == "local" and not self.path:
             raise ValueError("weights.path is required when weights.source is 'local'")
-        if self.source == "oss" and not (
-            self.oss_uri and re.match(r"^oss://[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$", self.oss_uri)
-        ):
-            raise ValueError("weights.oss_uri must look like oss://bucket-name/prefix")
+        if self.source == "oss" and not self.oss_uri:
+            raise ValueError("weights.oss_uri is required when weights.source is 'oss'")
+        if self.oss_uri is not None:
+            check_oss_uri(self.oss_uri)
         return self
 
 
@@ -178,7 +194,9 @@ class CloudSpec(_Strict):
     credentials_block: str = Field(
         "default", description="AlibabaCloudCredentials block name."
     )
-    cluster_id: str | None = Field(None, description="Existing ACK/ACS cluster id.")
+    cluster_id: str | None = Field(
+        None, description="Existing ACK/ACS cluster id; unset: a cluster is created through ROS.")
+    namespace: str = Field("llm-model", description="ACK/ACS namespace of the deployment's objects.")
     vpc_id: str | None = None
     vswitch_id: str | None = None
     security_group_id: str | None = None
@@ -195,6 +213,20 @@ class CloudSpec(_Strict):
         if not re.match(r"^[a-z]{2}(-[a-z0-9]+)+$", region):
             raise ValueError(f"{region!r} is not an Alibaba Cloud region id (like cn-hangzhou)")
         return region
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, namespace: str) -> str:
+        if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
+            raise ValueError(f"{namespace!r} is not a Kubernetes namespace name (DNS label)")
+        return namespace
+
+    @field_validator("cluster_id")
+    @classmethod
+    def _cluster_id(cls, cluster_id: str | None) -> str | None:
+        if cluster_id is not None and not re.match(r"^[a-z0-9]{8,64}$", cluster_id):
+            raise ValueError(f"{cluster_id!r} is not an ACK/ACS cluster id (like c3f2a9...)")
+        return cluster_id
 
     @model_validator(mode="after")
     def _zones_in_region(self) -> CloudSpec:
@@ -320,14 +352,27 @@ class DeploymentSpec(_Strict):
             raise ValueError("topology ecs-dual runs on exactly 2 instances (cloud.nodes: 2)")
         if self.topology == "ecs-single" and self.cloud.nodes != 1:
             raise ValueError("topology ecs-single runs on 1 instance (cloud.nodes: 1)")
-        if self.topology == "ack" and not (self.cloud.gpu_kind and self.cloud.gpus_per_node):
-            raise ValueError("topology ack needs cloud.gpu_kind and cloud.gpus_per_node")
+        if self.topology == "ack":
+            self._check_ack()
         if self.engine.max_model_len and self.engine.max_model_len > self.model_info.context_length:
             raise ValueError(
                 f"engine.max_model_len {self.engine.max_model_len} exceeds {self.model}'s "
                 f"context length {self.model_info.context_length}"
             )
         return self
+
+    def _check_ack(self) -> None:
+        if not (self.cloud.gpu_kind and self.cloud.gpus_per_node):
+            raise ValueError("topology ack needs cloud.gpu_kind and cloud.gpus_per_node")
+        if self.weights.source not in ("modelscope", "oss"):
+            raise ValueError("topology ack stages weights from ModelScope into OSS, or reads them "
+                             "from OSS (weights.source: modelscope or oss)")
+        if not self.weights.oss_uri:
+            raise ValueError("topology ack keeps the weights on OSS: set weights.oss_uri "
+                             "(oss://bucket/prefix; with source modelscope, where they are synced)")
+        if not self.cloud.cluster_id and not (self.cloud.instance_types and self.cloud.zones):
+            raise ValueError("topology ack needs cloud.cluster_id (an existing cluster), or "
+                             "cloud.instance_types and cloud.zones for the GPU node pool of a new one")
 
     # -- derived values ---------------------------------------------------------------
     @property

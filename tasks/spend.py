@@ -47,8 +47,9 @@ def price_markdown(spec: DeploymentSpec, estimate: Estimate) -> str:
         f"| Resource | Type | {estimate.currency}/hour |\n|---|---|---|\n{rows}\n"
         f"| **total** | | **{estimate.hourly:.2f}** |\n\n"
         + (f"{fallbacks}\n" if fallbacks else "")
-        + f"Budget: {budget_text}. Pay-as-you-go list price from ROS GetTemplateEstimateCost; "
-        f"billing starts when the stack is created and stops at teardown.\n"
+        + f"Budget: {budget_text}. "
+        + (estimate.note or "Pay-as-you-go list price from ROS GetTemplateEstimateCost; "
+           "billing starts when the stack is created and stops at teardown.") + "\n"
     )
 
 

@@ -40,17 +40,26 @@ def emulated_cloud(engine: str = "vllm", root: Path | None = None, *,
     emu = CloudEmulator(instance_address="auto", **emulator_kw)
     hosts = emulated_hosts(emu, root or paths.home() / "emulator" / "hosts", engine)
     emu.hosts = hosts
-    saved = {k: os.environ.get(k) for k in (EMULATOR_ENV, TIME_SCALE_ENV)}
     emu.start()
-    os.environ[EMULATOR_ENV] = emu.endpoint
+    try:
+        with sdk_pointed_at(emu.endpoint, time_scale):
+            yield emu
+    finally:
+        emu.stop()
+        hosts.close()  # no emulated engine outlives the rehearsal
+
+
+@contextmanager
+def sdk_pointed_at(endpoint: str, time_scale: str) -> Iterator[None]:
+    """The SDK clients talk to the emulator at ``endpoint``, and cloud waits shrink, until exit."""
+    saved = {k: os.environ.get(k) for k in (EMULATOR_ENV, TIME_SCALE_ENV)}
+    os.environ[EMULATOR_ENV] = endpoint
     os.environ[TIME_SCALE_ENV] = time_scale
     try:
-        yield emu
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        emu.stop()
-        hosts.close()  # no emulated engine outlives the rehearsal

@@ -86,6 +86,16 @@ class Stacks:
         return self.s.call("ros", "get_template_estimate_cost", req).get("Resources") or {}
 
     # -- finding ------------------------------------------------------------------------
+    def priced_lines(self, template_body: str, parameters: dict[str, str]) -> tuple[list[tuple[str, str, float]], str]:
+        """(resource, type, hourly amount) per priced resource, and the currency."""
+        lines, currency = [], "CNY"
+        for lid, res in self.estimate_cost(template_body, parameters).items():
+            order = ((res or {}).get("Result") or {}).get("Order") or {}
+            if order:
+                currency = order.get("Currency", currency)
+                lines.append((lid, res.get("Type", ""), float(order.get("TradeAmount") or 0)))
+        return lines, currency
+
     def find_by_name(self, name: str) -> dict | None:
         from alibabacloud_ros20190910 import models as m
 

@@ -232,3 +232,58 @@ def render_template_yaml(spec: DeploymentSpec, zone: str, instance_type: str) ->
         render_template(spec, zone, instance_type), Dumper=_NoAliasDumper, sort_keys=False,
         allow_unicode=True, width=120,
     )
+
+
+# -- ack: a managed cluster with a GPU node pool ------------------------------------------------
+ACK_CLUSTER_SPEC = "ack.pro.small"
+ACK_SERVICE_CIDR = "172.21.0.0/20"
+ACK_CONTAINER_CIDR = "172.20.0.0/16"
+# ACK add-ons the ack topology needs: Fluid warms the weights; LeaderWorkerSet runs groups.
+ACK_ADDONS = ("flannel", "ack-fluid", "lws")
+
+
+def render_ack_cluster(spec: DeploymentSpec) -> dict[str, Any]:
+    """VPC, VSwitch and an ACK managed cluster whose node pool holds ``cloud.nodes`` GPU
+    instances of ``cloud.instance_types`` (ROS places the first type it can get)."""
+    c = spec.cloud
+    if not c.zones:
+        raise ValueError("creating an ACK cluster needs cloud.zones (the zone of its VSwitch)")
+    tags = [{"Key": "servenest:deployment", "Value": spec.name}, {"Key": "servenest:managed", "Value": "true"}]
+    vswitch = {"Ref": "VSwitch"}
+    return {
+        "ROSTemplateFormatVersion": TEMPLATE_VERSION,
+        "Description": f"ServeNest ACK cluster for {spec.name} ({spec.model})",
+        "Resources": {
+            "Vpc": {"Type": "ALIYUN::ECS::VPC",
+                    "Properties": {"CidrBlock": VPC_CIDR, "VpcName": f"servenest-{spec.name}"}},
+            "VSwitch": {"Type": "ALIYUN::ECS::VSwitch",
+                        "Properties": {"VpcId": {"Ref": "Vpc"}, "ZoneId": c.zones[0], "CidrBlock": VSWITCH_CIDR}},
+            "Cluster": {
+                "Type": "ALIYUN::CS::ManagedKubernetesCluster",
+                "Properties": {
+                    "Name": f"servenest-{spec.name}",
+                    "ClusterSpec": ACK_CLUSTER_SPEC,
+                    "VpcId": {"Ref": "Vpc"},
+                    "VSwitchIds": [vswitch],
+                    "ServiceCidr": ACK_SERVICE_CIDR,
+                    "ContainerCidr": ACK_CONTAINER_CIDR,
+                    "Addons": [{"Name": name} for name in ACK_ADDONS],
+                    "NodePools": [{
+                        "NodePoolInfo": {"Name": "servenest-gpu"},
+                        "Count": c.nodes,
+                        "ScalingGroup": {
+                            "VSwitchIds": [vswitch], "InstanceTypes": list(c.instance_types),
+                            "SystemDiskCategory": c.disk_category, "SystemDiskSize": c.system_disk_gb,
+                        },
+                    }],
+                    "DeletionProtection": False,
+                    "Tags": tags,
+                },
+            },
+        },
+        "Outputs": {"ClusterId": {"Value": {"Fn::GetAtt": ["Cluster", "ClusterId"]}}},
+    }
+
+
+def render_ack_cluster_yaml(spec: DeploymentSpec) -> str:
+    return yaml.dump(render_ack_cluster(spec), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)

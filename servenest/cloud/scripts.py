@@ -95,21 +95,34 @@ def _parallelism(spec: DeploymentSpec) -> tuple[int, int]:
 
 
 # -- staging -----------------------------------------------------------------------------
-def staging_script(spec: DeploymentSpec, host_role: str) -> str:
-    """Download the weights with the ModelScope CLI (resumable) and write/verify the manifest."""
-    _check_role(spec, host_role)
-    if spec.weights.source != "modelscope":
-        raise ValueError(f"cloud staging supports weights.source modelscope, not {spec.weights.source}")
-    prune = " -o ".join(f"-name {q(n)}" for n in _HUB_BOOKKEEPING)
+def modelscope_download(spec: DeploymentSpec) -> str:
+    """Shell lines that download (resumably, 3 attempts) into ``$DIR`` with the ModelScope CLI."""
     download = ["modelscope", "download", "--model", spec.weights_repo]
     if spec.weights.revision:
         download += ["--revision", spec.weights.revision]
     download += ["--local_dir", '"$DIR"']
-    download_cmd = " ".join(a if a == '"$DIR"' else q(a) for a in download)
+    command = " ".join(a if a == '"$DIR"' else q(a) for a in download)
+    return f"""if ! command -v modelscope >/dev/null 2>&1; then
+  python3 -m pip install --quiet modelscope
+fi
+attempt=1
+until {command}; do
+  if (( attempt >= 3 )); then
+    echo "servenest: modelscope download failed $attempt times" >&2
+    exit 1
+  fi
+  attempt=$((attempt + 1))
+  sleep $((attempt * 10))
+done
+"""
+
+
+def manifest_functions(spec: DeploymentSpec) -> str:
+    """Shell variables and functions that list, verify and summarise a weights directory
+    (the current one) against ServeNest's manifests; shared by every staging script."""
+    prune = " -o ".join(f"-name {q(n)}" for n in _HUB_BOOKKEEPING)
     full = "1" if spec.weights.verify == "full" else "0"
-    return HEADER + f"""# ServeNest staging: {q(spec.name)} on {q(host_role)}
-DIR={q(model_dir(spec))}
-MANIFEST={q(MANIFEST)}
+    return f"""MANIFEST={q(MANIFEST)}
 SIZES={q(SIZES)}
 FULL_VERIFY={full}
 
@@ -134,7 +147,18 @@ verified() {{
 summary() {{
   echo "servenest-weights: files=$(wc -l < "$SIZES") bytes=$(awk -F'\t' '{{s += $2}} END {{print s + 0}}' "$SIZES") digest=$(sha256sum "$MANIFEST" | cut -d' ' -f1)"
 }}
+"""
 
+
+def staging_script(spec: DeploymentSpec, host_role: str) -> str:
+    """Download the weights with the ModelScope CLI (resumable) and write/verify the manifest."""
+    _check_role(spec, host_role)
+    if spec.weights.source != "modelscope":
+        raise ValueError(f"cloud staging supports weights.source modelscope, not {spec.weights.source}")
+    download = modelscope_download(spec)
+    return HEADER + f"""# ServeNest staging: {q(spec.name)} on {q(host_role)}
+DIR={q(model_dir(spec))}
+{manifest_functions(spec)}
 mkdir -p "$DIR"
 cd "$DIR"
 if verified; then
@@ -143,19 +167,7 @@ if verified; then
   exit 0
 fi
 rm -f "$MANIFEST" "$SIZES"
-if ! command -v modelscope >/dev/null 2>&1; then
-  python3 -m pip install --quiet modelscope
-fi
-attempt=1
-until {download_cmd}; do
-  if (( attempt >= 3 )); then
-    echo "servenest: modelscope download failed $attempt times" >&2
-    exit 1
-  fi
-  attempt=$((attempt + 1))
-  sleep $((attempt * 10))
-done
-list_files | xargs -0 -r sha256sum -- > "$MANIFEST.tmp"
+{download}list_files | xargs -0 -r sha256sum -- > "$MANIFEST.tmp"
 current_sizes > "$SIZES.tmp"
 mv "$SIZES.tmp" "$SIZES"
 mv "$MANIFEST.tmp" "$MANIFEST"

@@ -17,7 +17,6 @@ from servenest.spec import DeploymentSpec
 
 GROUP, VERSION = "data.fluid.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-OSS_SECRET = "oss-secret"
 WORKER_MEMORY_GIB = 128  # seed 003's JindoRuntime worker
 CACHE_HEADROOM = 1.1  # metadata and block overhead over the raw weight bytes
 _OSS_URI = re.compile(r"^oss://([a-z0-9][a-z0-9-]{1,61}[a-z0-9])(/.*)?$")
@@ -30,6 +29,11 @@ def oss_endpoint(region: str) -> str:
 
 def dataset_name(spec: DeploymentSpec) -> str:
     return f"{spec.name}-weights"
+
+
+def oss_secret_name(spec: DeploymentSpec) -> str:
+    # One per deployment (the seed shares ``oss-secret``): teardown removes only its own.
+    return f"{spec.name}-oss"
 
 
 def cache_quota_gib(spec: DeploymentSpec) -> int:
@@ -46,9 +50,13 @@ def revision_tag(spec: DeploymentSpec, oss_uri: str) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:10]
 
 
+def owned_labels(spec: DeploymentSpec, **extra: str) -> dict[str, str]:
+    """Labels on everything ServeNest creates in a cluster: teardown and sweeps find it by them."""
+    return {"app.kubernetes.io/managed-by": "servenest", "servenest/deployment": spec.name, **extra}
+
+
 def _meta(name: str, namespace: str, spec: DeploymentSpec, **labels: str) -> dict:
-    return {"name": name, "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "servenest", "servenest/deployment": spec.name, **labels}}
+    return {"name": name, "namespace": namespace, "labels": owned_labels(spec, **labels)}
 
 
 def dataset(spec: DeploymentSpec, namespace: str, oss_uri: str) -> dict:
@@ -64,9 +72,9 @@ def dataset(spec: DeploymentSpec, namespace: str, oss_uri: str) -> dict:
                 "options": {"fs.oss.endpoint": oss_endpoint(spec.cloud.region)},
                 "encryptOptions": [
                     {"name": "fs.oss.accessKeyId",
-                     "valueFrom": {"secretKeyRef": {"name": OSS_SECRET, "key": "akId"}}},
+                     "valueFrom": {"secretKeyRef": {"name": oss_secret_name(spec), "key": "akId"}}},
                     {"name": "fs.oss.accessKeySecret",
-                     "valueFrom": {"secretKeyRef": {"name": OSS_SECRET, "key": "akSecret"}}},
+                     "valueFrom": {"secretKeyRef": {"name": oss_secret_name(spec), "key": "akSecret"}}},
                 ],
             }],
         },

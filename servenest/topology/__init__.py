@@ -6,13 +6,14 @@ from servenest.commands import CommandRunner, subprocess_runner
 from servenest.errors import TopologyNotAvailableError
 from servenest.spec import DeploymentSpec
 from servenest.state import DeploymentState
+from servenest.topology.ack import AckTopology
 from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
 from servenest.topology.ecs import EcsTopology
 from servenest.topology.local import LocalTopology
 
 # Keyed by the spec's (and the state record's) ``topology`` field.
 TOPOLOGIES: dict[str, type[Topology]] = {
-    "local": LocalTopology, "ecs-single": EcsTopology, "ecs-dual": EcsTopology,
+    "local": LocalTopology, "ecs-single": EcsTopology, "ecs-dual": EcsTopology, "ack": AckTopology,
 }
 
 

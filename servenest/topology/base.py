@@ -41,6 +41,7 @@ class Estimate:
     placement: str
     lines: tuple[tuple[str, str, float], ...] = ()  # (resource, type, hourly amount)
     alternatives: tuple[tuple[str, float], ...] = ()  # (fallback instance type, hourly)
+    note: str = ""  # where the figure comes from and when billing starts
 
 
 @dataclass(frozen=True)

@@ -189,12 +189,7 @@ class EcsTopology(Topology):
         cache = self._prices
         if itype not in cache:
             template, parameters = render(self.spec, zone, itype)
-            lines, currency = [], "CNY"
-            for lid, res in self.stacks.estimate_cost(template, parameters).items():
-                order = ((res or {}).get("Result") or {}).get("Order") or {}
-                if order:
-                    currency = order.get("Currency", currency)
-                    lines.append((lid, res.get("Type", ""), float(order.get("TradeAmount") or 0)))
+            lines, currency = self.stacks.priced_lines(template, parameters)
             cache[itype] = Estimate(round(sum(a for _, _, a in lines), 4), currency,
                                     f"{len(self.roles)} x {itype} in {zone}", tuple(lines))
         return cache[itype]

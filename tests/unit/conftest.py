@@ -55,6 +55,15 @@ BASE_SPECS = {
         "access": {"api_key_secret": "unit-test-api-key"},
         "cloud": {"instance_types": ["ecs.gn7i-8x.16xlarge"]},
     },
+    # QwQ-32B on one H20 pod of an existing ACK/ACS cluster, weights synced to OSS (seed 003).
+    "ack": {
+        "name": "unit-test",
+        "model": "Qwen/QwQ-32B",
+        "topology": "ack",
+        "weights": {"source": "modelscope", "oss_uri": "oss://servenest-models/llm-model/qwq-32b"},
+        "access": {"api_key_secret": "unit-test-api-key"},
+        "cloud": {"cluster_id": "c0123456789abcdef0", "gpu_kind": "H20", "gpus_per_node": 1},
+    },
 }
 
 

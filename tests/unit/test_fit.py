@@ -164,15 +164,13 @@ def test_unknown_instance_type_candidate_is_a_spec_error(make_spec):
 
 # -- ack -------------------------------------------------------------------------------------------
 def test_ack_hardware_comes_from_gpu_kind(make_spec):
-    spec = make_spec("ecs", topology="ack",
-                     cloud={"instance_types": [], "gpu_kind": "H20", "gpus_per_node": 1})
+    spec = make_spec("ack")
     [report] = check_spec_fits(spec)
     assert report.usable_gib == pytest.approx(96 * 0.9)
 
 
 def test_ack_with_unknown_gpu_kind_is_a_spec_error(make_spec):
-    spec = make_spec("ecs", topology="ack",
-                     cloud={"instance_types": [], "gpu_kind": "B300", "gpus_per_node": 8})
+    spec = make_spec("ack", cloud={"gpu_kind": "B300", "gpus_per_node": 8})
     with pytest.raises(SpecError, match="B300"):
         check_spec_fits(spec)
 

@@ -32,8 +32,7 @@ def crd_schema(kind: str) -> dict:
 
 @pytest.fixture
 def ack_spec(make_spec):
-    return make_spec("ecs", model="deepseek-ai/DeepSeek-R1", topology="ack", weights={"source": "modelscope"},
-                     cloud={"gpu_kind": "H20", "gpus_per_node": 8, "nodes": 2, "instance_types": []})
+    return make_spec("ack", model="deepseek-ai/DeepSeek-R1", cloud={"gpu_kind": "H20", "gpus_per_node": 8, "nodes": 2})
 
 
 def test_every_object_validates_against_its_crd(ack_spec):
@@ -69,15 +68,3 @@ def test_the_dataload_name_follows_the_revision(ack_spec, make_spec):
 def test_a_bucket_name_oss_refuses_is_an_error(ack_spec):
     with pytest.raises(ValueError, match="bucket"):
         fluid_objects(ack_spec, "llm-model", "oss://Bad_Bucket/x")
-
-
-def test_plan_of_an_ack_spec_with_oss_weights_includes_the_fluid_objects(make_spec):
-    from servenest.plan import render_plan
-
-    spec = make_spec("ecs", model="deepseek-ai/DeepSeek-R1", topology="ack",
-                     weights={"source": "oss", "oss_uri": OSS},
-                     cloud={"gpu_kind": "H20", "gpus_per_node": 8, "nodes": 2, "instance_types": []})
-    plan = render_plan(spec)
-    assert [o["kind"] for o in plan["kubernetes"]] == ["Dataset", "JindoRuntime", "DataLoad"]
-    assert "ack" in plan["topology"]
-    json.dumps(plan)

@@ -12,7 +12,7 @@ import pytest
 from servenest import paths, process
 from servenest.errors import PortInUseError, SpecError, WeightsError
 from servenest.manifest import MANIFEST_NAME
-from servenest.spec import load_spec_data, load_spec_file
+from servenest.spec import load_spec_file
 from servenest.state import DeploymentState, load_state, state_path
 from servenest.topology import EngineStatus, open_topology
 from servenest.topology.local import LocalTopology, download_commands
@@ -87,14 +87,12 @@ def test_public_endpoint_listens_on_all_interfaces(make_spec):
     assert t.endpoint().public is True
 
 
-def test_open_topology_refuses_topologies_without_bring_up(make_spec):
-    from servenest.errors import TopologyNotAvailableError
+def test_open_topology_picks_the_spec_topology(make_spec):
+    from servenest.topology import AckTopology, EcsTopology
 
     assert isinstance(open_topology(make_spec()), LocalTopology)
-    ack = make_spec("ecs").model_dump(mode="json")
-    ack.update(topology="ack", cloud={"gpu_kind": "A10", "gpus_per_node": 8})
-    with pytest.raises(TopologyNotAvailableError, match="ack"):
-        open_topology(load_spec_data(ack))
+    assert isinstance(open_topology(make_spec("ecs")), EcsTopology)
+    assert isinstance(open_topology(make_spec("ack")), AckTopology)
 
 
 # -- provision -----------------------------------------------------------------------------------

@@ -277,10 +277,31 @@ def test_ecs_dual_needs_exactly_two_nodes(spec_dict, make_spec, nodes):
 
 
 def test_ack_without_gpu_kind_is_refused(spec_dict, make_spec):
-    msg = spec_error(spec_dict("ecs", topology="ack", cloud={"instance_types": [], "gpus_per_node": 4}))
+    msg = spec_error(spec_dict("ack", cloud={"gpu_kind": None, "gpus_per_node": 4}))
     assert "cloud.gpu_kind" in msg
-    spec = make_spec("ecs", topology="ack", cloud={"instance_types": [], "gpu_kind": "H20", "gpus_per_node": 4})
-    assert spec.cloud.gpu_kind == "H20"
+    assert make_spec("ack", cloud={"gpu_kind": "H20", "gpus_per_node": 4}).cloud.gpu_kind == "H20"
+
+
+@pytest.mark.parametrize("uri, complaint", [
+    ("oss://Bad_Bucket/x", "not a bucket name OSS accepts"),
+    ("oss://ab/x", "not a bucket name OSS accepts"),  # under 3 characters
+    ("oss://-leading/x", "not a bucket name OSS accepts"),
+    ("oss://" + "a" * 64 + "/x", "not a bucket name OSS accepts"),
+    ("s3://bucket/x", "must look like oss://"),
+    ("oss://bucket//x", "empty path segment"),
+])
+def test_ack_refuses_a_bucket_oss_would_refuse(spec_dict, uri, complaint):
+    msg = spec_error(spec_dict("ack", weights={"source": "oss", "oss_uri": uri}))
+    assert complaint in msg, msg
+
+
+def test_ack_needs_an_oss_location_and_a_cluster(spec_dict, make_spec):
+    assert "weights.oss_uri" in spec_error(spec_dict("ack", weights={"source": "modelscope", "oss_uri": None}))
+    assert "cloud.cluster_id" in spec_error(spec_dict("ack", cloud={"cluster_id": None}))
+    assert "ModelScope into OSS" in spec_error(spec_dict("ack", weights={"source": "huggingface"}))
+    assert "not a Kubernetes namespace" in spec_error(spec_dict("ack", cloud={"namespace": "LLM_Model"}))
+    assert "not an ACK/ACS cluster id" in spec_error(spec_dict("ack", cloud={"cluster_id": "c-1;rm"}))
+    assert make_spec("ack").cloud.namespace == "llm-model"  # seed 003's
 
 
 # -- names ------------------------------------------------------------------------------------
