@@ -362,6 +362,16 @@ class DeploymentSpec(_Strict):
         return self
 
     def _check_ack(self) -> None:
+        # Services, LeaderWorkerSets and Fluid's objects want DNS-1035 names, and Fluid
+        # derives Helm releases (53 characters) from the DataLoad name <name>-weights-<tag>.
+        if not re.match(r"^[a-z][a-z0-9-]{0,23}$", self.name):
+            raise ValueError("topology ack needs a name of at most 24 characters starting with a "
+                             "letter (Kubernetes and Fluid derive longer names from it)")
+        if self.access.public and self.access.allowed_cidrs != ["0.0.0.0/0"]:
+            raise ValueError(
+                "topology ack's internet load balancer (a CLB) cannot filter clients by "
+                "access.allowed_cidrs; set allowed_cidrs: [0.0.0.0/0] to open it (the API key "
+                "still guards it), or keep access private and reach it from the VPC")
         if not (self.cloud.gpu_kind and self.cloud.gpus_per_node):
             raise ValueError("topology ack needs cloud.gpu_kind and cloud.gpus_per_node")
         if self.weights.source not in ("modelscope", "oss"):

@@ -20,7 +20,9 @@ RUNNING = "running"
 # States a cluster passes through on its way to running (CS API ``state`` values).
 SETTLING = {"initial", "updating", "upgrading", "scaling", "waiting"}
 GONE = {"deleting", "deleted", "removing"}
-KUBECONFIG_MINUTES = 60  # long enough for one provision; the floor CS allows is 15
+# Weights staging can take hours; the client is also rebuilt when less than 5 minutes
+# remain. CS allows 15 to 4320.
+KUBECONFIG_MINUTES = 360
 
 
 @dataclass(frozen=True)

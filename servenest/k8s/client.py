@@ -29,7 +29,6 @@ from servenest.errors import (
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "servenest"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "servenest"}
 DEPLOYMENT_LABEL = "servenest/deployment"
 
 # kind -> (API path prefix, plural, namespaced)
@@ -218,6 +217,7 @@ class Kube:
         from kubernetes import watch
         from kubernetes.client import CustomObjectsApi
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         prefix, plural, _ = RESOURCES[kind]
         group, version = prefix.removeprefix("/apis/").split("/")
@@ -240,10 +240,12 @@ class Kube:
                     if event["type"] == "DELETED":
                         return
                     yield obj
-            except ApiException as exc:
-                if exc.status != 410:
+            except (ApiException, HTTPError) as exc:
+                if isinstance(exc, ApiException) and exc.status != 410:
                     raise _api_error(exc, f"watching {kind} {name}") from None
-                log.info("watch of %s %s expired (410 Gone); reading it again", kind, name)
+                # 410 Gone: the version left the server's history; a broken stream: the
+                # connection dropped. Either way, read the object again and watch from there.
+                log.info("watch of %s %s ended (%s); reading it again", kind, name, type(exc).__name__)
                 current = self.get(kind, namespace, name)
                 if current is None:
                     return

@@ -221,8 +221,12 @@ def engine_script(spec: DeploymentSpec, role: str) -> str:
     ray_address = f"${{LWS_LEADER_ADDRESS}}:{scripts.RAY_PORT}"
     vllm_multi = spec.engine.kind == "vllm" and role != "single"
     if vllm_multi and role == "worker":
-        # The leader's Ray head may not be up yet: the container restarts until it is.
-        lines.append(f"exec ray start --address=\"{ray_address}\" --block")
+        # Retry here, not by exiting: under RecreateGroupOnPodRestart any container restart
+        # recreates the whole group, leader included, and a worker usually starts first.
+        lines += [f"until ray start --address=\"{ray_address}\" --block; do",
+                  "  echo \"servenest: Ray head not reachable yet; retrying\"",
+                  "  sleep 5",
+                  "done"]
         return "\n".join(lines) + "\n"
     if vllm_multi:
         lines += [
@@ -260,11 +264,13 @@ def _probes(spec: DeploymentSpec) -> dict:
     # restarts a wedged engine and readiness keeps traffic off a busy restart.
     load_s = spec.health.deadline_s or default_deadline_s(spec.model_info.weight_gb)
     check = {"httpGet": {"path": "/health", "port": spec.access.port}}
+    # /health can take seconds under load: a 1 s timeout would pull the only backend out
+    # of the load balancers, and a liveness restart costs a whole model load.
     return {
-        "startupProbe": {**check, "periodSeconds": PROBE_PERIOD_S,
+        "startupProbe": {**check, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 5,
                          "failureThreshold": max(3, math.ceil(load_s / PROBE_PERIOD_S))},
-        "readinessProbe": {**check, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**check, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": 6},
+        "readinessProbe": {**check, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 6},
+        "livenessProbe": {**check, "periodSeconds": PROBE_PERIOD_S, "timeoutSeconds": 10, "failureThreshold": 12},
     }
 
 
@@ -349,7 +355,7 @@ def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_i
 # -- Services --------------------------------------------------------------------------------------
 def services(spec: DeploymentSpec) -> list[dict]:
     """An intranet load balancer (the VPC's private address), and with ``access.public`` an
-    internet one with the seed's annotations, limited to ``access.allowed_cidrs``."""
+    internet one with the seed's annotations."""
     port = {"name": "serving", "port": spec.access.port, "protocol": "TCP", "targetPort": spec.access.port}
     names = service_names(spec)
     out = [{
@@ -362,8 +368,9 @@ def services(spec: DeploymentSpec) -> list[dict]:
             "apiVersion": "v1", "kind": "Service",
             "metadata": {**_meta(spec, names["public"]),
                          "annotations": {LB_ADDRESS_TYPE: "internet", LB_IP_VERSION: "ipv4"}},
+            # No loadBalancerSourceRanges: Alibaba's CCM ignores them on a CLB (the spec check
+            # requires access.allowed_cidrs to say 0.0.0.0/0 for public ack; the key guards it).
             "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
-                     "loadBalancerSourceRanges": list(spec.access.allowed_cidrs),
                      "selector": serving_selector(spec), "ports": [port]},
         })
     return out

@@ -65,8 +65,10 @@ LB_WAIT_S = 600  # an SLB normally comes up in under a minute
 DATASET_BIND_S = 900
 GONE_WAIT_S = 600
 POLL_S = 5.0
-CRASH_RESTARTS = 3  # restarts before a pod counts as crash-looping even between back-offs
-_DEAD_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+CRASH_RESTARTS = 3  # restarts of a pod that is not ready before it counts as crash-looping
+# Waiting reasons that do not fix themselves. ErrImagePull is left out: a large image's first
+# pull often fails and the next succeeds (ImagePullBackOff is the repeated failure).
+_DEAD_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "CreateContainerConfigError",
                  "InvalidImageName", "CreateContainerError"}
 # Deleted in this order; each kind is gone before the next: load balancers first (they
 # bill and take traffic), then what owns pods (the sync Job's pod goes only with its Job),
@@ -101,7 +103,8 @@ def pod_problem(pod: dict) -> tuple[str, int | None] | None:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         last = (cs.get("lastState") or {}).get("terminated") or {}
         restarts = cs.get("restartCount", 0)
-        if waiting.get("reason") in _DEAD_REASONS or restarts >= CRASH_RESTARTS:
+        # restartCount never goes down: a pod that restarted long ago and is ready is fine.
+        if waiting.get("reason") in _DEAD_REASONS or (restarts >= CRASH_RESTARTS and not cs.get("ready")):
             why = waiting.get("reason") or f"{restarts} restarts"
             return (f"pod {pod['metadata']['name']} container {cs.get('name')}: {why} "
                     f"(restarted {restarts} times, last exit {last.get('exitCode')})", last.get("exitCode"))
@@ -292,7 +295,25 @@ class AckTopology(Topology):
         self.save()
 
     # -- weights ----------------------------------------------------------------------------------
+    def _apply(self, obj: dict) -> dict:
+        """Apply, refusing to take over an object of the same name ServeNest did not make
+        for this deployment (a forced apply would adopt it, and teardown would delete it)."""
+        meta = obj["metadata"]
+        current = self.kube.get(obj["kind"], meta.get("namespace"), meta["name"])
+        owner = ((current or {}).get("metadata", {}).get("labels") or {}).get(DEPLOYMENT_LABEL)
+        if current is not None and owner != self.spec.name:
+            raise CloudInputError(
+                f"{obj['kind']} {meta.get('namespace')}/{meta['name']} already exists and is not "
+                f"{self.spec.name}'s ({'deployment ' + owner if owner else 'not made by ServeNest'}); "
+                f"rename the deployment or use another cloud.namespace")
+        return self.kube.apply(obj)
+
     def _ensure_namespace(self) -> None:
+        # Before the first write: teardown touches the cluster only when this is set, so a
+        # run that stopped at a check does not reach into a cluster it never changed.
+        if not self.state.resources.get("touched"):
+            self.state.resources.update(touched=True, cluster_id=self.cluster_id)
+            self.save()
         if self.kube.get("Namespace", None, self.namespace) is None:
             self.kube.apply(serving.namespace(self.spec))
             # Recorded so teardown deletes only a namespace ServeNest made.
@@ -302,15 +323,19 @@ class AckTopology(Topology):
     def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
         report = progress or (lambda pct, msg: None)
         spec, creds = self.spec, self.session.creds
+        if creds.security_token:
+            raise CloudInputError(
+                "the OSS Secret Fluid reads needs a long-lived AccessKey; the credentials block "
+                f"{spec.cloud.credentials_block!r} holds an STS token, which would expire under the Dataset")
         self._ensure_namespace()
-        self.kube.apply(serving.oss_secret(spec, creds.access_key_id, creds.access_key_secret))
+        self._apply(serving.oss_secret(spec, creds.access_key_id, creds.access_key_secret))
         synced = spec.weights.source == "modelscope"
         share = 0.5 if synced else 0.0  # of the progress bar the sync takes
         files, size, digest = 0, 0, fluid.revision_tag(spec, spec.weights.oss_uri or "")
         if synced:
             files, size, digest = self._sync_to_oss(lambda f, m: report(100 * share * f, m))
         for obj in fluid.fluid_objects(spec, self.namespace, spec.weights.oss_uri or "")[:2]:
-            self.kube.apply(obj)
+            self._apply(obj)
         self._wait_bound()
         report(100 * share + 5, f"Fluid dataset {fluid.dataset_name(spec)} bound to {spec.weights.oss_uri}")
         reused = self._warm(lambda f, m: report(100 * (share + (1 - share) * f), m))
@@ -333,7 +358,7 @@ class AckTopology(Topology):
             self.kube.wait_gone("Job", self.namespace, name, self.scaled(GONE_WAIT_S), self.poll_s, self.clock)
             job = None
         if job is None:
-            self.kube.apply(serving.sync_job(spec))
+            self._apply(serving.sync_job(spec))
         deadline = self.clock() + self._timeout_for_weights()
         started = self.clock()
         while True:
@@ -394,7 +419,7 @@ class AckTopology(Topology):
         if phase == "Failed":
             self.kube.delete("DataLoad", self.namespace, name)
             self.kube.wait_gone("DataLoad", self.namespace, name, self.scaled(GONE_WAIT_S), self.poll_s, self.clock)
-        self.kube.apply(load)
+        self._apply(load)
         last = None
         for obj in self.kube.watch_object("DataLoad", self.namespace, name, self._timeout_for_weights(), self.clock):
             status = obj.get("status") or {}
@@ -414,12 +439,12 @@ class AckTopology(Topology):
     def launch(self, api_key: str) -> dict:
         spec = self.spec
         self._ensure_namespace()
-        self.kube.apply(serving.api_key_secret(spec, api_key))
+        self._apply(serving.api_key_secret(spec, api_key))
         workload = serving.workload(spec, self.state.resources.get("gpu_models"), launch_id=uuid.uuid4().hex[:12])
-        self.kube.apply(workload)
+        self._apply(workload)
         services = serving.services(spec)
         for svc in services:
-            self.kube.apply(svc)
+            self._apply(svc)
         self.state.engine = {"workload": [workload["kind"], workload["metadata"]["name"]],
                              "services": serving.service_names(spec), "launched_at": time.time()}
         self.save()
@@ -490,9 +515,12 @@ class AckTopology(Topology):
         return redact_keys(text).splitlines()[-lines:]
 
     def logs(self, lines: int = 40) -> list[str]:
+        """The log of the pod in trouble (a crashing worker, say), else the serving pod's."""
         if not self.state.engine:
             return []
-        pod = self._serving_pod()
+        pods = self._engine_pods()
+        troubled = [p for p in pods if pod_problem(p)]
+        pod = troubled[0] if troubled else self._serving_pod()
         return self._pod_logs(pod, lines) if pod else []
 
     def diagnostics(self) -> dict:
@@ -526,8 +554,8 @@ class AckTopology(Topology):
         return result
 
     def _teardown_objects(self) -> dict:
-        if not (self.spec.cloud.cluster_id or self.state.resources.get("cluster_id")):
-            return {"deleted": []}
+        if not self.state.resources.get("touched"):
+            return {"deleted": [], "cluster": "not changed by this deployment"}
         try:
             kube = self.kube
         except CloudError as exc:

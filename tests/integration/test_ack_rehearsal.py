@@ -17,7 +17,7 @@ def ack_spec(name: str, api_key_secret: str, cluster_id: str, **extra) -> Deploy
     data = {
         "name": name, "model": "Qwen/Qwen3-0.6B", "topology": "ack",
         "weights": {"source": "modelscope", "oss_uri": f"oss://servenest-it/llm-model/{name}"},
-        "access": {"api_key_secret": api_key_secret, "public": True, "allowed_cidrs": ["10.0.0.0/8"]},
+        "access": {"api_key_secret": api_key_secret, "public": True, "allowed_cidrs": ["0.0.0.0/0"]},
         "cloud": {"cluster_id": cluster_id, "gpu_kind": "H20", "gpus_per_node": 1},
         "health": {"deadline_s": 60},
     }

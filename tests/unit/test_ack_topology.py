@@ -101,6 +101,7 @@ def test_gpu_model_matching():
 
 # -- weights ---------------------------------------------------------------------------------------
 def test_stage_weights_syncs_then_warms_with_progress(ack, kube, controller, cloud):
+    controller.dataload_steps = 30  # long enough that the watch sees Executing
     topo = ack()
     topo.preflight()
     seen: list[tuple[float, str]] = []
@@ -268,7 +269,7 @@ def test_teardown_removes_everything_in_order_and_twice_is_fine(ack, kube, contr
     kinds = [p for p in order if p in ("services", "deployments", "dataloads", "jindoruntimes", "datasets", "secrets")]
     assert kinds.index("services") < kinds.index("deployments") < kinds.index("dataloads") \
         < kinds.index("datasets") < kinds.index("secrets")
-    assert ack().teardown()["namespace"] == "gone"
+    assert ack().teardown()["deleted"] == []  # twice is fine
 
 
 def test_teardown_keeps_a_namespace_other_deployments_use(ack, kube, controller):

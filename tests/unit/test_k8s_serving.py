@@ -32,7 +32,7 @@ def specs(make_spec):
         "r1-lws-public": make_spec(
             "ack", name="deepseek-r1", model="deepseek-ai/DeepSeek-R1", engine={"served_model_name": "ds"},
             weights={"source": "oss", "oss_uri": "oss://servenest-models/llm-model/deepseek-r1"},
-            access={"public": True, "allowed_cidrs": ["203.0.113.0/24"]},
+            access={"public": True, "allowed_cidrs": ["0.0.0.0/0"]},
             cloud={"gpu_kind": "H20", "gpus_per_node": 8, "nodes": 2}),
         "sglang-lws": make_spec(
             "ack", name="r1-sglang", model="deepseek-ai/DeepSeek-R1", engine={"kind": "sglang"},
@@ -101,7 +101,8 @@ def test_deepseek_671b_is_a_leader_worker_set_with_tp8_pp2(specs):
     assert words[words.index("--pipeline-parallel-size") + 1] == "2"
     assert words[words.index("--distributed-executor-backend") + 1] == "ray"
     assert "ray start --head" in leader["command"][2]
-    assert 'ray start --address="${LWS_LEADER_ADDRESS}:6379" --block' in worker["command"][2]
+    # A worker retries the head itself: a restart would recreate the whole group.
+    assert 'until ray start --address="${LWS_LEADER_ADDRESS}:6379" --block; do' in worker["command"][2]
     # Only the leader serves HTTP: probes, port, key and the Service selector's role label.
     assert "startupProbe" in leader and "startupProbe" not in worker
     assert not any(e["name"] == "VLLM_API_KEY" for e in worker["env"])
@@ -142,7 +143,7 @@ def test_private_and_public_services_carry_the_seed_annotations(specs):
     spec = public["spec"]
     assert spec["type"] == "LoadBalancer" and spec["externalTrafficPolicy"] == "Local"
     assert spec["ports"] == [{"name": "serving", "port": 8000, "protocol": "TCP", "targetPort": 8000}]
-    assert spec["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert "loadBalancerSourceRanges" not in spec  # a CLB ignores them: no false promise
     assert spec["selector"] == private["spec"]["selector"] == serving.serving_selector(specs["r1-lws-public"])
 
 

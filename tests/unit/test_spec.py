@@ -302,6 +302,10 @@ def test_ack_needs_an_oss_location_and_a_cluster(spec_dict, make_spec):
     assert "not a Kubernetes namespace" in spec_error(spec_dict("ack", cloud={"namespace": "LLM_Model"}))
     assert "not an ACK/ACS cluster id" in spec_error(spec_dict("ack", cloud={"cluster_id": "c-1;rm"}))
     assert make_spec("ack").cloud.namespace == "llm-model"  # seed 003's
+    assert "starting with a letter" in spec_error(spec_dict("ack", name="1abc"))
+    assert "at most 24 characters" in spec_error(spec_dict("ack", name="a" * 25))
+    msg = spec_error(spec_dict("ack", access={"public": True, "allowed_cidrs": ["203.0.113.0/24"]}))
+    assert "cannot filter clients" in msg
 
 
 # -- names ------------------------------------------------------------------------------------
