@@ -1,6 +1,6 @@
 """ACK/ACS clusters through the CS (Container Service) API: detail, kubeconfig, delete.
 
-A cluster is usable only in state ``running``; states that will become running (creating,
+A cluster is usable only in state ``running``; states that will become running (initial,
 scaling, upgrading...) are waited out, the others are errors that say what state it is in.
 The kubeconfig is the temporary kind (``TemporaryDurationMinutes``): ServeNest never keeps
 a long-lived cluster credential, and an expired one is fetched again, not reused.
@@ -19,7 +19,6 @@ from servenest.errors import CloudError, CloudInputError, CloudTransientError
 RUNNING = "running"
 # States a cluster passes through on its way to running (CS API ``state`` values).
 SETTLING = {"initial", "updating", "upgrading", "scaling", "waiting"}
-GONE = {"deleting", "deleted", "removing"}
 # Weights staging can take hours; the client is also rebuilt when less than 5 minutes
 # remain. CS allows 15 to 4320.
 KUBECONFIG_MINUTES = 360

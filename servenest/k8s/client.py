@@ -220,6 +220,8 @@ class Kube:
         from urllib3.exceptions import HTTPError
 
         prefix, plural, _ = RESOURCES[kind]
+        if not prefix.startswith("/apis/"):  # only custom resources (DataLoad) are watched
+            raise ValueError(f"watch_object watches custom resources; {kind} is a core kind")
         group, version = prefix.removeprefix("/apis/").split("/")
         api = CustomObjectsApi(self.api)
         deadline = clock() + timeout_s

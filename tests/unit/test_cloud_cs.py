@@ -26,6 +26,7 @@ class FakeTime:
         return self.now
 
     def sleep(self, seconds: float) -> None:
+        assert len(self.slept) < 100, "still polling after 100 sleeps: the deadline is ignored"
         self.slept.append(seconds)
         self.now += 10.0  # one poll is ten "seconds", whatever the scaled delay
         if self.on_sleep:

@@ -4,6 +4,8 @@ what each failure a cluster answers becomes."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from servenest.errors import (
@@ -267,9 +269,37 @@ def test_watch_object_yields_the_object_then_each_change(kube, emu, gone):
     assert all(c.query["fieldSelector"] == "metadata.name=qwq-load" for c in watches)
     # After a 410 the object is read again (and watched again from the version read).
     assert len(calls(emu, "GET", "dataloads/qwq-load")) == 1 + gone
-    # Deleting the object ends the watch.
+    # Deleting the object ends the watch at once, not when its 10 s run out.
     kube.delete("DataLoad", NS, "qwq-load")
+    started = time.monotonic()
     assert next(watch, "ended") == "ended"
+    assert time.monotonic() - started < 5
+
+
+def test_a_watch_the_server_ends_is_resumed_from_the_version_seen(kube, emu):
+    fluid_objects(kube)
+    changed: list[dict] = []
+
+    def clock() -> float:
+        # Called again only once the first watch has ended (after its 1 s server timeout):
+        # the change lands between two watches, where only resuming from the version seen
+        # (not from "now") can deliver it.
+        if watch_calls(emu) and not changed:
+            load = emu.get("dataloads", NS, "qwq-load")
+            changed.append(emu.put({**load, "status": {"phase": "Executing"}}))
+        return 0.0  # never past the deadline
+
+    watch = kube.watch_object("DataLoad", NS, "qwq-load", timeout_s=1, clock=clock)
+    first = next(watch)
+    second = next(watch)
+    watch.close()
+    assert phase(first) is None and phase(second) == "Executing"
+    assert second["metadata"]["resourceVersion"] == changed[0]["metadata"]["resourceVersion"]
+    watches = watch_calls(emu)
+    assert len(watches) == 2
+    seen = first["metadata"]["resourceVersion"]
+    assert [c.query["resourceVersion"] for c in watches] == [seen, seen]
+    assert len(calls(emu, "GET", "dataloads/qwq-load")) == 1  # resumed, not read again
 
 
 def test_a_410_whose_reread_finds_nothing_ends_the_watch(kube, emu):
