@@ -67,6 +67,8 @@ _HUB_BOOKKEEPING = ("._____temp", ".mdl", ".msc", ".mv", ".cache", ".git")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEREDOC_END = "SERVENEST_ENTRYPOINT_EOF"
 HEADER = "#!/usr/bin/env bash\nset -euo pipefail\n"
+# The summary line every staging script prints (``summary`` in manifest_functions).
+WEIGHTS_LINE = re.compile(r"servenest-weights: files=(\d+) bytes=(\d+) digest=([0-9a-f]{64})")
 
 q = shlex.quote
 

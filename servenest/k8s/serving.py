@@ -26,6 +26,7 @@ from servenest.cloud import scripts
 from servenest.engines import adapter_for
 from servenest.fit import hardware_candidates, parallelism
 from servenest.health import default_deadline_s
+from servenest.k8s.client import DEPLOYMENT_LABEL
 from servenest.k8s.fluid import (
     dataset_name,
     oss_endpoint,
@@ -81,7 +82,7 @@ def service_names(spec: DeploymentSpec) -> dict[str, str]:
 
 
 def serving_selector(spec: DeploymentSpec) -> dict[str, str]:
-    return {"servenest/deployment": spec.name, ROLE_LABEL: SERVING_ROLE}
+    return {DEPLOYMENT_LABEL: spec.name, ROLE_LABEL: SERVING_ROLE}
 
 
 def _meta(spec: DeploymentSpec, name: str, **labels: str) -> dict:
@@ -275,7 +276,7 @@ def _probes(spec: DeploymentSpec) -> dict:
 
 
 def engine_labels(spec: DeploymentSpec) -> dict[str, str]:
-    return {"servenest/deployment": spec.name, COMPONENT_LABEL: "engine"}
+    return {DEPLOYMENT_LABEL: spec.name, COMPONENT_LABEL: "engine"}
 
 
 def _pod_template(spec: DeploymentSpec, role: str, gpu_models: list[str] | None,

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable
 from functools import cached_property
 
+from servenest.cloud import scripts
 from servenest.cloud.api import CloudSession
 from servenest.cloud.credentials import open_session
 from servenest.cloud.cs import Clusters, Kubeconfig
@@ -59,7 +60,6 @@ from servenest.topology.ecs import (
 )
 
 log = logging.getLogger(__name__)
-_WEIGHTS_LINE = re.compile(r"servenest-weights: files=(\d+) bytes=(\d+) digest=([0-9a-f]{64})")
 CLUSTER_WAIT_S = 1800
 LB_WAIT_S = 600  # an SLB normally comes up in under a minute
 DATASET_BIND_S = 900
@@ -375,7 +375,7 @@ class AckTopology(Topology):
             progress(min(0.95, (self.clock() - started) / max(expected, 1.0)),
                      f"syncing {spec.weights_repo} from ModelScope to {spec.weights.oss_uri} (Job {name})")
             self.sleep(self.poll_s)
-        found = _WEIGHTS_LINE.search("\n".join(self._job_log(name)))
+        found = scripts.WEIGHTS_LINE.search("\n".join(self._job_log(name)))
         if found:
             files, size, digest = int(found.group(1)), int(found.group(2)), found.group(3)
         elif self.state.weights.get("digest"):  # the Job's pod was cleaned up since; we recorded it

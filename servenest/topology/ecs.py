@@ -45,7 +45,6 @@ from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeig
 
 log = logging.getLogger(__name__)
 HEAD_PLACEHOLDER = "MASTER_PRIVATE_IP"  # in `servenest plan`: filled from the stack at launch
-_WEIGHTS_LINE = re.compile(r"servenest-weights: files=(\d+) bytes=(\d+) digest=([0-9a-f]{64})")
 STAGING_POLL_S = (15.0, 1.5, 120.0)  # a download takes minutes to hours: poll gently
 STAGING_RATE_BPS = 100e6  # what the progress estimate and the staging timeout assume
 
@@ -479,7 +478,7 @@ def redact_keys(text: str) -> str:
 
 
 def _weights_summary(result: CommandResult) -> tuple[int, int, str]:
-    m = _WEIGHTS_LINE.search(result.output)
+    m = scripts.WEIGHTS_LINE.search(result.output)
     if not m:
         raise WeightsError(f"staging on {result.instance_id} reported no manifest:\n{result.tail()}")
     return int(m.group(1)), int(m.group(2)), m.group(3)
