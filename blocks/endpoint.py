@@ -30,3 +30,17 @@ class ServeNestEndpoint(Block):
     state: dict = Field(..., description="Resources the deployment created, for teardown.")
     registered_at: float = Field(..., description="Unix time of registration.")
     last_gate: dict = Field(default_factory=dict, description="Result of the last health gate.")
+    instance: str | None = Field(
+        None, description="Name the serving resources carry: the deployment name, or its "
+        "second slot (<deployment>-b) after a side-by-side redeploy; unset means the deployment name.")
+    registered_by: str | None = Field(
+        None, description="Id of the flow run that registered this endpoint.")
+    hourly_cost: float | None = Field(
+        None, description="Estimated price per hour while it runs, before it was created.")
+    currency: str | None = Field(None, description="Currency of hourly_cost.")
+    last_benchmark: dict = Field(
+        default_factory=dict, description="Headline figures of the last benchmark run.")
+
+    @property
+    def instance_name(self) -> str:
+        return self.instance or self.deployment

@@ -6,9 +6,12 @@ from prefect import flow, get_run_logger
 
 from servenest.bench.deployment import settings_for, slo_of
 from servenest.bench.gate import history_row, regressions, slo_violations, sweep_max_rate
+from servenest.bench.trend import summarize_benchmark
 from servenest.errors import BenchmarkGateError
+from servenest.spec import DeploymentSpec
+from servenest.state import DeploymentState
 from tasks.benchmark import load_history, publish_benchmark, run_benchmark_task
-from tasks.registry import registered
+from tasks.registry import record_benchmark, registered
 from tasks.secrets import load_api_key
 
 
@@ -23,9 +26,22 @@ def benchmark(name: str, overrides: dict | None = None, sweep: bool = False) -> 
     """
     block, spec, state = registered(name)
     api_key = load_api_key(block.api_key_secret).get_secret_value()
-    settings = settings_for(spec, state, block.base_url, api_key, overrides)
+    return measure(name, spec, state, block.base_url, api_key, overrides, sweep,
+                   fail_on_regression=spec.benchmark.fail_on_regression, record=True)
+
+
+def measure(
+    deployment: str, spec: DeploymentSpec, state: DeploymentState, base_url: str, api_key: str,
+    overrides: dict | None = None, sweep: bool = False, fail_on_regression: bool = False,
+    record: bool = False,
+) -> dict:
+    """Benchmark ``base_url`` (serving ``spec``), add the run to ``deployment``'s trend and
+    raise BenchmarkGateError when an SLO is missed, the run is invalid, or (when asked) it
+    regressed. A redeploy measures its candidate with this before switching to it.
+    ``record``: store the headline figures on the registered endpoint, passed or not."""
+    settings = settings_for(spec, state, base_url, api_key, overrides)
     slo = slo_of(spec)
-    result: dict = {"deployment": name}
+    result: dict = {"deployment": deployment}
     if sweep:
         from dataclasses import replace
 
@@ -38,17 +54,21 @@ def benchmark(name: str, overrides: dict | None = None, sweep: bool = False) -> 
         if best is not None:
             settings = replace(settings, request_rate=best)
     outcome = run_benchmark_task(settings)
-    history = load_history(name)
+    history = load_history(deployment)
     row = history_row(outcome, spec.benchmark.hourly_price_usd)
+    row["instance"] = spec.name
     violations = slo_violations(outcome, slo)
     regs = regressions(row, history, spec.benchmark.regression_margin)
-    publish_benchmark(name, outcome, [*history, row], violations, regs)
+    publish_benchmark(deployment, outcome, [*history, row], violations, regs)
     result.update(row=row, violations=violations, regressions=regs, valid=outcome.valid)
     problems = violations + [f"invalid run: {r}" for r in outcome.invalid_reasons]
-    if spec.benchmark.fail_on_regression:
+    if fail_on_regression:
         problems += [f"regression: {r}" for r in regs]
+    result["summary"] = summarize_benchmark(row, passed=not problems)
+    if record:
+        record_benchmark(deployment, result["summary"])
     if problems:
-        raise BenchmarkGateError(f"benchmark of {name} failed its gate: " + "; ".join(problems))
+        raise BenchmarkGateError(f"benchmark of {deployment} failed its gate: " + "; ".join(problems))
     for r in regs:
         get_run_logger().warning("regression (not failing the run): %s", r)
     return result

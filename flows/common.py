@@ -8,13 +8,13 @@ from pydantic import SecretStr
 from servenest.errors import AlreadyServingError
 from servenest.health import GateReport
 from servenest.timing import StageTimer
-from servenest.topology import Topology
+from servenest.topology import Estimate, Topology
 from tasks.artifacts import publish_connection_card
 from tasks.engine import launch_engine
 from tasks.gate import gate_endpoint, publish_diagnostics
 from tasks.infrastructure import teardown_deployment
 from tasks.load import load_check
-from tasks.registry import forget_endpoint, register_endpoint
+from tasks.registry import forget_instance, register_endpoint
 
 
 def serve(topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_check: bool) -> GateReport:
@@ -33,10 +33,14 @@ def serve(topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_ch
     return report
 
 
-def register(topology: Topology, api_key: SecretStr, report: GateReport, timer: StageTimer) -> None:
+def register(
+    topology: Topology, api_key: SecretStr, report: GateReport, timer: StageTimer,
+    deployment: str | None = None, estimate: Estimate | None = None,
+) -> None:
+    """Make ``topology`` the endpoint of ``deployment`` (default: its spec's name)."""
     with timer.stage("register"):
-        register_endpoint(topology, report)
-        publish_connection_card(topology, api_key)
+        register_endpoint(topology, report, deployment, estimate)
+        publish_connection_card(topology, api_key, deployment)
 
 
 def refuse_if_serving(topology: Topology) -> None:
@@ -64,7 +68,7 @@ def clean_up_failed(topology: Topology, keep: bool, timer: StageTimer) -> None:
     with timer.stage("teardown after failure"):
         try:
             teardown_deployment(topology)
-            forget_endpoint(name)
+            forget_instance(name)
         except BaseException:
             # Cancelled or interrupted while cleaning up: no Prefect task can run any
             # more, but the engine must not outlive the run.

@@ -32,7 +32,7 @@ def launch(name: str, engine: dict, keep_on_failure: bool = False) -> dict:
     block, spec, state = registered(name)
     try:
         with timer.stage("validate"):
-            new_spec = spec.with_engine(**engine)
+            new_spec = spec.with_engine(**engine)  # spec: the live slot's
             check_spec(new_spec)
             api_key = load_api_key(new_spec.access.api_key_secret)
         topology = open_topology(new_spec, state, run=prefect_shell_runner)
@@ -46,13 +46,13 @@ def launch(name: str, engine: dict, keep_on_failure: bool = False) -> dict:
             previous = open_topology(spec, topology.state, run=prefect_shell_runner)
             try:
                 with timer.stage("restore previous"):
-                    register(previous, api_key, serve(previous, api_key, timer, False), timer)
+                    register(previous, api_key, serve(previous, api_key, timer, False), timer, name)
             except BaseException:
                 clean_up_failed(previous, False, timer)
             raise
         # Only a failed launch or gate restores the previous arguments; the new engine
         # passed, so a registry hiccup here must not replace it.
-        register(topology, api_key, gate, timer)
+        register(topology, api_key, gate, timer, name)
     finally:
         publish_stage_timings(name, timer.rows)
     return {"deployment": name, "engine": new_spec.engine.model_dump(mode="json"), "stages": timer.rows}

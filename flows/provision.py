@@ -54,7 +54,7 @@ def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: b
             with timer.stage("stage weights"):
                 stage_weights(topology)
             gate = serve(topology, api_key, timer, load_check or spec.benchmark.enabled)
-            register(topology, api_key, gate, timer)
+            register(topology, api_key, gate, timer, estimate=estimate)
             if spec.benchmark.enabled:
                 from flows.benchmark import benchmark
 

@@ -5,6 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+# The scale-out tests run a Prefect server on PostgreSQL: Debian's server package (its
+# binaries; the tests start their own throw-away cluster, never the packaged service).
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing PostgreSQL (apt-get install postgresql) ..." >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() { apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+    apt_install 2>/dev/null || { apt-get update -qq >/dev/null && apt_install; }
+  else
+    echo "note: no PostgreSQL server (/usr/lib/postgresql/*/bin/postgres): the PostgreSQL" \
+         "tests will fail; install it with: apt-get install postgresql" >&2
+  fi
+fi
 stamp=.venv/.servenest-lock
 want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

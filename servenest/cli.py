@@ -196,9 +196,19 @@ def cmd_status(args) -> int:
     if not rows:
         print("no registered deployments")
         return 0
+    columns = ("deployment", "instance", "topology", "engine", "model", "base_url", "age")
+    header = {c: c.upper().replace("_", " ") for c in columns}
+    widths = {c: max(len(r[c]) for r in [header, *rows]) for c in columns}
+
+    def line(r: dict) -> str:
+        return "  ".join(r[c].ljust(widths[c]) for c in columns).rstrip()
+
+    print(line(header))
     for r in rows:
-        print(f"{r['deployment']:20} {r['topology']:10} {r['engine']:22} {r['base_url']:28} "
-              f"{r['model']:20} age {r['age']:>8}  last gate {r['last_gate']}")
+        print(line(r))
+        # Money and verdicts are long and often "-": one indented line under the row.
+        cost = "-" if r["hourly_cost"] == "-" else f"{r['hourly_cost']}, {r['cost_so_far']} so far"
+        print(f"    cost {cost} | last gate {r['last_gate']} | last benchmark {r['last_benchmark']}")
     return 0
 
 

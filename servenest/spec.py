@@ -408,8 +408,12 @@ class DeploymentSpec(_Strict):
 
     def with_engine(self, **changes: Any) -> DeploymentSpec:
         """A copy with engine fields changed, validated like a fresh spec."""
+        return self.with_section("engine", **changes)
+
+    def with_section(self, section: str, **changes: Any) -> DeploymentSpec:
+        """A copy with fields of one section (engine, weights, ...) changed, validated."""
         data = self.model_dump(mode="json")
-        data["engine"].update(changes)
+        data[section].update(changes)
         return load_spec_data(data)
 
 

@@ -18,15 +18,15 @@ def artifact_key(kind: str, deployment: str) -> str:
 
 
 @task(name="publish-connection-card", cache_policy=NO_CACHE)
-def publish_connection_card(topology: Topology, api_key: SecretStr) -> str:
+def publish_connection_card(topology: Topology, api_key: SecretStr, deployment: str | None = None) -> str:
     ep = topology.endpoint()
+    deployment = deployment or topology.spec.name
     card = connection_card(
-        topology.spec.name, ep.base_url, ep.served_model_name, api_key.get_secret_value(),
+        deployment, ep.base_url, ep.served_model_name, api_key.get_secret_value(),
         topology.spec.access.api_key_secret, ep.public, servenest=servenest_executable(),
     )
     create_markdown_artifact(
-        card, key=artifact_key("connection", topology.spec.name),
-        description=f"How to call {topology.spec.name}",
+        card, key=artifact_key("connection", deployment), description=f"How to call {deployment}",
     )
     return card
 

@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from servenest.bench.run import BenchmarkOutcome, BenchSettings, run_benchmark
+from servenest.bench.trend import trend_markdown
 from tasks.artifacts import artifact_key
 
 
@@ -60,6 +61,10 @@ def publish_benchmark(
     create_table_artifact(
         history, key=artifact_key("bench", deployment),
         description=f"Benchmark trend of {deployment}, one row per run",
+    )
+    create_markdown_artifact(
+        trend_markdown(deployment, history), key=artifact_key("bench-trend", deployment),
+        description=f"Benchmark trend of {deployment} as a chart, with the cost of each run",
     )
     create_table_artifact(
         outcome.frame.fillna("").to_dict(orient="records"),

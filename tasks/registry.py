@@ -11,9 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from blocks.endpoint import ServeNestEndpoint
 from servenest.errors import NotRegisteredError
 from servenest.health import GateReport
+from servenest.slots import deployment_of, slot_names
 from servenest.spec import DeploymentSpec, load_spec_data
 from servenest.state import DeploymentState, load_state
-from servenest.topology import Topology
+from servenest.topology import Estimate, Topology
 
 
 def find_endpoint(name: str) -> ServeNestEndpoint | None:
@@ -33,21 +34,36 @@ def registered(name: str) -> tuple[ServeNestEndpoint, DeploymentSpec, Deployment
         )
     # The state file is written as things happen; the block only at registration, so a
     # relaunch kept on failure (or interrupted) is known to the file, not the block.
-    state = load_state(name) or DeploymentState.from_dict(block.state)
+    state = load_state(block.instance_name) or DeploymentState.from_dict(block.state)
     return block, load_spec_data(block.spec, origin=f"registered spec of {name}"), state
 
 
 @task(name="register-endpoint", cache_policy=NO_CACHE)
-def register_endpoint(topology: Topology, gate: GateReport) -> ServeNestEndpoint:
+def register_endpoint(
+    topology: Topology, gate: GateReport, deployment: str | None = None,
+    estimate: Estimate | None = None,
+) -> ServeNestEndpoint:
+    """Point deployment ``deployment`` (default: the spec's name) at ``topology``'s endpoint:
+    from here on, clients and later flows use it."""
+    from prefect.runtime import flow_run
+
     ep = topology.endpoint()
     spec = topology.spec
+    deployment = deployment or spec.name
+    previous = find_endpoint(deployment)
+    if estimate is None and previous is not None and previous.instance_name == spec.name:
+        estimate_kept = (previous.hourly_cost, previous.currency)  # a relaunch: same resources
+    else:
+        estimate_kept = (estimate.hourly, estimate.currency) if estimate else (None, None)
     block = ServeNestEndpoint(
-        deployment=spec.name, topology=spec.topology, base_url=ep.base_url,
+        deployment=deployment, topology=spec.topology, base_url=ep.base_url,
         served_model_name=ep.served_model_name, api_key_secret=spec.access.api_key_secret,
         spec=spec.model_dump(mode="json"), state=topology.state.to_dict(),
-        registered_at=time.time(), last_gate=_gate_record(gate),
+        registered_at=time.time(), last_gate=_gate_record(gate), instance=spec.name,
+        registered_by=flow_run.get_id(), hourly_cost=estimate_kept[0], currency=estimate_kept[1],
+        last_benchmark=previous.last_benchmark if previous else {},
     )
-    block.save(spec.name, overwrite=True)
+    block.save(deployment, overwrite=True)
     return block
 
 
@@ -59,12 +75,32 @@ def record_gate(name: str, gate: GateReport) -> None:
         block.save(name, overwrite=True)
 
 
+@task(name="record-benchmark", cache_policy=NO_CACHE)
+def record_benchmark(name: str, summary: dict) -> None:
+    block = find_endpoint(name)
+    if block is not None:
+        block.last_benchmark = summary
+        block.save(name, overwrite=True)
+
+
 @task(name="forget-endpoint", cache_policy=NO_CACHE)
 def forget_endpoint(name: str) -> bool:
     if find_endpoint(name) is None:
         return False
     ServeNestEndpoint.delete(name)
     return True
+
+
+@task(name="forget-instance", cache_policy=NO_CACHE)
+def forget_instance(instance: str) -> bool:
+    """Unregister whichever deployment points at ``instance`` (a slot), and only that one:
+    cleaning up a failed second copy must leave the live registration alone."""
+    for name in {instance, deployment_of(instance)}:
+        block = find_endpoint(name)
+        if block is not None and block.instance_name == instance:
+            ServeNestEndpoint.delete(name)
+            return True
+    return False
 
 
 def _gate_record(gate: GateReport) -> dict:
@@ -95,4 +131,5 @@ def owned_deployments() -> set[str]:
             for prefix in ("provision-", "redeploy-", "launch-"):
                 if run.name.startswith(prefix):
                     owned.add(run.name.removeprefix(prefix))
-    return owned
+    # Either slot of a deployment belongs to it (a redeploy may be bringing up the other).
+    return {slot for name in owned for slot in slot_names(name)}

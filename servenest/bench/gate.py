@@ -77,6 +77,8 @@ def history_row(outcome: BenchmarkOutcome, hourly_price: float | None = None) ->
         # A baseline must be a clean run: client kept up, every request answered.
         "valid": outcome.valid and m.completed > 0 and m.failed == 0,
         "usd_per_m_output_tokens": cost_per_million_output_tokens(hourly_price, m.output_throughput),
+        # What the run itself cost: duration x hourly price (servenest.bench.trend.cost_per_run).
+        "duration_s": round(outcome.result["duration"], 3), "hourly_price_usd": hourly_price,
     }
 
 

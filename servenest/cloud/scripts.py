@@ -221,11 +221,15 @@ def _wrap(words: list[str]) -> str:
     return out
 
 
+# What `servenest plan` shows for the head's address: it is known only once the stack exists.
+HEAD_PLACEHOLDER = "MASTER_PRIVATE_IP"
+
+
 def _check_head(spec: DeploymentSpec, role: str, head_address: str | None) -> None:
     needs = spec.topology == "ecs-dual" and (role == "worker" or spec.engine.kind == "sglang")
     if needs and not head_address:
         raise ValueError(f"{spec.engine.kind} {role} on ecs-dual needs head_address (master private IP)")
-    if head_address:
+    if head_address and head_address != HEAD_PLACEHOLDER:
         ipaddress.ip_address(head_address)  # ValueError on anything but an IP
 
 

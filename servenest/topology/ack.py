@@ -128,6 +128,10 @@ class AckTopology(Topology):
     def session(self) -> CloudSession:
         return open_session(self.spec.cloud.region, self.spec.cloud.credentials_block)
 
+    def gpu_demand(self) -> dict[str, int]:
+        c = self.spec.cloud
+        return {c.gpu_kind: c.gpus_per_node * c.nodes}
+
     @property
     def clusters(self) -> Clusters:
         return Clusters(self.session, self.clock, self.sleep)

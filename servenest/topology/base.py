@@ -68,6 +68,20 @@ class Topology(ABC):
     def engine(self) -> EngineAdapter:
         return adapter_for(self.spec)
 
+    @classmethod
+    def spec_for_slot(cls, spec: DeploymentSpec, instance: str) -> DeploymentSpec:
+        """``spec`` as run in slot ``instance`` (``servenest.slots``): resources carry the
+        slot's name. Overridden where two slots would collide on something else."""
+        from servenest.spec import load_spec_data
+
+        data = spec.model_dump(mode="json")
+        data["name"] = instance
+        return load_spec_data(data, origin=f"{spec.name} in slot {instance}")
+
+    def gpu_demand(self) -> dict[str, int]:
+        """Accelerators this deployment holds while it runs, by GPU kind (for quota limits)."""
+        return {}
+
     def save(self) -> None:
         # The spec travels with the state so that teardown needs nothing else.
         self.state.spec = self.spec.model_dump(mode="json")

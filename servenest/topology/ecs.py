@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from functools import cached_property
 
+from servenest.catalog import get_instance_type
 from servenest.cloud import scripts
 from servenest.cloud.api import CloudSession
 from servenest.cloud.assistant import Assistant, CommandResult
@@ -44,7 +45,6 @@ from servenest.state import DeploymentState
 from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
 
 log = logging.getLogger(__name__)
-HEAD_PLACEHOLDER = "MASTER_PRIVATE_IP"  # in `servenest plan`: filled from the stack at launch
 STAGING_POLL_S = (15.0, 1.5, 120.0)  # a download takes minutes to hours: poll gently
 STAGING_RATE_BPS = 100e6  # what the progress estimate and the staging timeout assume
 
@@ -102,12 +102,20 @@ class EcsTopology(Topology):
     def instances(self) -> list[dict]:
         return self.state.resources.get("instances") or []
 
+    def gpu_demand(self) -> dict[str, int]:
+        # Capacity failover may land on any candidate type: count the largest.
+        types = [get_instance_type(t) for t in self.spec.cloud.instance_types]
+        demand: dict[str, int] = {}
+        for t in types:
+            demand[t.gpu] = max(demand.get(t.gpu, 0), t.gpu_count * self.spec.cloud.nodes)
+        return demand
+
     # -- plan and preflight ---------------------------------------------------------------
     def plan(self) -> dict:
         c = self.spec.cloud
         zone = c.zones[0] if c.zones else f"{c.region}-<first zone offering the type>"
         itype = c.instance_types[0]
-        head = HEAD_PLACEHOLDER if self.spec.topology == "ecs-dual" else None
+        head = scripts.HEAD_PLACEHOLDER if self.spec.topology == "ecs-dual" else None
         template, parameters = render(self.spec, c.zones[0] if c.zones else f"{c.region}-a", itype)
         return {
             "placement": {"region": c.region, "zone": zone, "instance_type": itype,

@@ -26,6 +26,7 @@ from servenest.manifest import (
     verified_manifest,
     write_manifest,
 )
+from servenest.spec import DeploymentSpec
 from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
 
 TINY_MODEL_SCRIPT = Path(__file__).resolve().parent.parent / "engines" / "tiny_model.py"
@@ -34,6 +35,15 @@ TINY_MODEL_SEED = 0
 
 class LocalTopology(Topology):
     name = "local"
+
+    @classmethod
+    def spec_for_slot(cls, spec: DeploymentSpec, instance: str) -> DeploymentSpec:
+        # Both slots run on this machine: the second listens one port up.
+        slotted = super().spec_for_slot(spec, instance)
+        if instance == spec.name:
+            return slotted
+        access = slotted.access.model_copy(update={"port": spec.access.port + 1})
+        return slotted.model_copy(update={"access": access})
 
     # -- where things are -------------------------------------------------------------
     @property
@@ -66,14 +76,14 @@ class LocalTopology(Topology):
 
     # -- interface ----------------------------------------------------------------------
     def preflight(self) -> dict:
-        self._check_port()
+        self._check_port_unless_ours()
         return {"host": self.host, "port": self.port}
 
     def estimate(self) -> Estimate:
         return Estimate(0.0, "-", "this machine")
 
     def provision(self) -> dict:
-        self._check_port()
+        self._check_port_unless_ours()
         if self.spec.local.engine_python:
             if not Path(self.spec.local.engine_python).exists():
                 raise EngineEnvironmentError(
@@ -247,6 +257,11 @@ class LocalTopology(Topology):
         self.state.engine = {}
         self.save()
         return {"stopped": True, **result}
+
+    def _check_port_unless_ours(self) -> None:
+        # A redeploy finds this slot's own engine on the port (launch replaces it).
+        if not self.status().running:
+            self._check_port()
 
     def _check_port(self) -> None:
         if not process.port_is_free(self.host, self.port):

@@ -1,4 +1,4 @@
-"""Integration tests: the real vLLM server (CPU build) and one Prefect server per session.
+"""Integration tests: the real vLLM server (CPU build) and one real Prefect server per session.
 
 The engine environment is shared with the developer's (``~/.servenest/engines``, or
 ``SERVENEST_ENGINES_DIR``) because creating it takes about 80 s; everything else
@@ -8,6 +8,7 @@ The engine environment is shared with the developer's (``~/.servenest/engines``,
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -41,13 +42,38 @@ def isolated_home(tmp_path_factory):
     mp.undo()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_server(isolated_home):
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+@pytest.fixture(scope="session")
+def prefect_server_info(isolated_home, tmp_path_factory):
+    """The session's ``prefect server start`` (SQLite, API auth on): a ``PrefectServer``."""
+    from tests.integration.servers import prefect_server as start_prefect_server
 
-    with prefect_test_harness(server_startup_timeout=90):
-        yield PREFECT_API_URL.value()
+    auth = f"servenest:{secrets.token_urlsafe(24)}"
+    with start_prefect_server(tmp_path_factory.mktemp("prefect-home"), auth_string=auth) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server(prefect_server_info):
+    """The session server's API URL; in-process clients and ``env=dict(os.environ)``
+    subprocesses reach it (PREFECT_API_URL and PREFECT_API_AUTH_STRING are set in both
+    Prefect's settings and ``os.environ`` for the session)."""
+    import prefect.context
+
+    from tests.integration.servers import drain_client_workers
+
+    server = prefect_server_info
+    mp = pytest.MonkeyPatch()
+    for var, value in server.env.items():
+        mp.setenv(var, value)
+    try:
+        # Also the process-global settings context, as prefect_test_harness does, for
+        # contexts copied before this one (new threads start from the global one).
+        with server.settings(), prefect.context._temporary_global_settings_context(
+                prefect.context.get_settings_context()):
+            yield server.api_url
+            drain_client_workers()
+    finally:
+        mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ def test_ecs_single_provision_benchmark_teardown_on_the_emulated_cloud(
         assert {"price-it-ecs", "weights-it-ecs", "connection-it-ecs", "bench-it-ecs"} <= keys
 
         out = teardown(spec.name)
-        assert out["torn_down"] and len(out["stacks_deleted"]) == 1
+        assert out["torn_down"] and len(out["instances"][spec.name]["stacks_deleted"]) == 1
         assert not live(emu) and not emu.instances
         # The engine went with its instance.
         with pytest.raises(httpx.ConnectError):

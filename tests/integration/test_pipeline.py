@@ -97,12 +97,13 @@ def test_artifacts_show_a_masked_card_and_stage_timings(served):
     assert "stage weights" in str(timings.data) and "gate" in str(timings.data)
 
 
-def test_connection_card_snippets_work_as_shown(served, prefect_server):
+def test_connection_card_snippets_work_as_shown(served, prefect_server_info):
     card = _artifact(f"connection-{NAME}").data
     bash_blocks = re.findall(r"```bash\n(.*?)```", card, re.S)
     python_block = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    # The server's URL and API auth string (PREFECT_API_URL, PREFECT_API_AUTH_STRING).
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-           "PREFECT_API_URL": prefect_server, "HOME": str(Path.home())}
+           **prefect_server_info.env, "HOME": str(Path.home())}
     # The card's own "get the key" line, then its curl command, exactly as shown.
     out = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(bash_blocks)],
                          env=env, capture_output=True, text=True, timeout=120)
@@ -177,7 +178,7 @@ def test_benchmark_refuses_bad_input_before_running(served):
         run_benchmark(BenchSettings(**{**base, "base_url": "http://127.0.0.1:9"}, api_key=TEST_KEY))
 
 
-def test_bench_cli_takes_vllms_flags_and_saves_vllms_json(served, prefect_server, tmp_path):
+def test_bench_cli_takes_vllms_flags_and_saves_vllms_json(served, prefect_server_info, tmp_path):
     sharegpt = tmp_path / "sharegpt.json"
     sharegpt.write_text(json.dumps([
         {"id": f"c{i}", "conversations": [
@@ -194,7 +195,7 @@ def test_bench_cli_takes_vllms_flags_and_saves_vllms_json(served, prefect_server
          "--max-send-lag-ms", "2000",
          "--save-result", "--result-dir", str(tmp_path), "--result-filename", "r.json"],
         capture_output=True, text=True, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "PREFECT_API_URL": prefect_server, "HOME": str(Path.home())},
+        env={"PATH": "/usr/bin:/bin", **prefect_server_info.env, "HOME": str(Path.home())},
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Serving Benchmark Result" in out.stdout and "Successful requests:" in out.stdout

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from servenest.errors import SpecError
-from servenest.prefect_yaml import WORK_POOL, render, spec_files
+from servenest.prefect_yaml import WORK_POOL, nightly_cron, render, spec_files
 from servenest.spec import load_spec_data, load_spec_file
 
 from .conftest import DEPLOYMENTS_DIR, REPO_ROOT
@@ -19,6 +19,7 @@ ENTRYPOINTS = {
     "flows/health_gate.py:health_gate": "health-gate",
     "flows/benchmark.py:benchmark": "benchmark",
     "flows/teardown.py:teardown": "teardown",
+    "flows/redeploy.py:redeploy": "redeploy",
 }
 
 
@@ -61,6 +62,7 @@ def test_render_has_a_deployment_per_flow_per_spec_file():
         assert by_entry["flows/health_gate.py:health_gate"]["parameters"] == {"name": spec.name}
         assert by_entry["flows/benchmark.py:benchmark"]["parameters"] == {"name": spec.name}
         assert by_entry["flows/teardown.py:teardown"]["parameters"] == {"name": spec.name}
+        assert load_spec_data(by_entry["flows/redeploy.py:redeploy"]["parameters"]["spec"]) == spec
     sweeps = [d for d in doc["deployments"] if d["entrypoint"] == "flows/sweep.py:sweep"]
     assert len(doc["deployments"]) == len(ENTRYPOINTS) * len(files) + len(sweeps)
 
@@ -105,3 +107,43 @@ def test_render_refuses_an_invalid_spec_naming_the_file(tmp_path, spec_dict):
     with pytest.raises(SpecError) as info:
         render(tmp_path)
     assert str(bad) in str(info.value)
+
+
+def test_redeploys_run_nightly_staggered_one_at_a_time_and_on_a_new_revision(tmp_path, spec_dict):
+    for name in ["a", "b", "c"]:
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec_dict("ecs", name=name)))
+    doc = yaml.safe_load(render(tmp_path))
+    redeploys = [d for d in doc["deployments"] if d["entrypoint"] == "flows/redeploy.py:redeploy"]
+    assert [d["schedules"] for d in redeploys] == [
+        [{"cron": cron, "timezone": "Asia/Shanghai", "active": True}]
+        for cron in ("0 2 * * *", "10 2 * * *", "20 2 * * *")]
+    for d in redeploys:
+        assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        (trigger,) = d["triggers"]
+        assert trigger["match"] == {"prefect.resource.id": "servenest.model.Qwen/QwQ-32B"}
+        assert trigger["expect"] == ["servenest.model.revision.published"]
+        assert trigger["parameters"] == {"revision": "{{ event.payload.revision }}"}
+    assert nightly_cron(30) == "0 7 * * *" and nightly_cron(150) == "0 3 * * *"  # wraps at midnight
+
+
+def test_a_failed_provision_or_redeploy_triggers_that_deployments_teardown(tmp_path, spec_dict):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec_dict(name="alpha")))
+    doc = yaml.safe_load(render(tmp_path))
+    (teardown,) = [d for d in doc["deployments"] if d["entrypoint"] == "flows/teardown.py:teardown"]
+    (trigger,) = teardown["triggers"]
+    assert set(trigger["expect"]) == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed",
+                                      "prefect.flow-run.Cancelled"}
+    assert {"prefect.resource.role": "deployment", "prefect.resource.name": "alpha"} in trigger["match_related"]
+    assert {"prefect.resource.role": "flow", "prefect.resource.name": ["provision", "redeploy"]} in trigger["match_related"]
+    # Rendered from the event alone; teardown reads the deployment name from the run.
+    assert trigger["parameters"] == {"failed_run_id": "{{ event.resource.id | replace('prefect.flow-run.', '') }}"}
+
+
+def test_the_triggers_are_valid_prefect_deployment_triggers(tmp_path, spec_dict):
+    from prefect.events import DeploymentEventTrigger
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec_dict()))
+    doc = yaml.safe_load(render(tmp_path))
+    for d in doc["deployments"]:
+        for trigger in d.get("triggers", []):
+            DeploymentEventTrigger.model_validate({k: v for k, v in trigger.items() if k != "type"})

@@ -1,0 +1,14 @@
+"""The events ServeNest's deployment triggers listen for. Systems outside emit them through
+the REST API (examples/trigger.py, which repeats these names so it needs only httpx)."""
+
+from __future__ import annotations
+
+# Another system (a model registry, CI that fine-tunes) publishes a new revision of a model.
+REVISION_PUBLISHED = "servenest.model.revision.published"
+# A run that ended like this leaves resources behind unless its own clean-up ran.
+FAILED_RUN_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.Cancelled")
+
+
+def model_resource_id(model: str) -> str:
+    return f"servenest.model.{model}"
+
