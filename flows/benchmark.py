@@ -59,11 +59,13 @@ def measure(
     row["instance"] = spec.name
     violations = slo_violations(outcome, slo)
     regs = regressions(row, history, spec.benchmark.regression_margin)
-    publish_benchmark(deployment, outcome, [*history, row], violations, regs)
-    result.update(row=row, violations=violations, regressions=regs, valid=outcome.valid)
     problems = violations + [f"invalid run: {r}" for r in outcome.invalid_reasons]
     if fail_on_regression:
         problems += [f"regression: {r}" for r in regs]
+    # A rejected revision stays in the trend, but never becomes a baseline (gate.regressions).
+    row["passed"] = not problems
+    publish_benchmark(deployment, outcome, [*history, row], violations, regs)
+    result.update(row=row, violations=violations, regressions=regs, valid=outcome.valid)
     result["summary"] = summarize_benchmark(row, passed=not problems)
     if record:
         record_benchmark(deployment, result["summary"])

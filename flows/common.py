@@ -7,6 +7,7 @@ from pydantic import SecretStr
 
 from servenest.errors import AlreadyServingError
 from servenest.health import GateReport
+from servenest.slots import check_deployment_name, deployment_of
 from servenest.timing import StageTimer
 from servenest.topology import Estimate, Topology
 from tasks.artifacts import publish_connection_card
@@ -14,7 +15,7 @@ from tasks.engine import launch_engine
 from tasks.gate import gate_endpoint, publish_diagnostics
 from tasks.infrastructure import teardown_deployment
 from tasks.load import load_check
-from tasks.registry import forget_instance, register_endpoint
+from tasks.registry import find_endpoint, forget_instance, register_endpoint
 
 
 def serve(topology: Topology, api_key: SecretStr, timer: StageTimer, run_load_check: bool) -> GateReport:
@@ -44,11 +45,19 @@ def register(
 
 
 def refuse_if_serving(topology: Topology) -> None:
-    """A second provision must not replace (or, failing, tear down) a live deployment."""
+    """A second provision must not replace (or, failing, tear down) a live deployment, in
+    either slot."""
+    name = topology.spec.name
+    check_deployment_name(name)
+    block = find_endpoint(name)
+    if block is not None and block.instance_name != name:
+        raise AlreadyServingError(
+            f"{name} is registered as serving from {block.instance_name} (after a side-by-side "
+            f"redeploy); change it with the launch or redeploy flow, or tear it down first")
     status = topology.status()
     if status.running:
         raise AlreadyServingError(
-            f"{topology.spec.name} is already serving ({status.detail}); change it with the "
+            f"{name} is already serving ({status.detail}); change it with the "
             f"launch flow, or tear it down first"
         )
 
@@ -58,10 +67,11 @@ def clean_up_failed(topology: Topology, keep: bool, timer: StageTimer) -> None:
     logger = get_run_logger()
     name = topology.spec.name
     if keep:
+        deployment = deployment_of(name)
         logger.warning(
             "bring-up of %s failed; KEPT for debugging as asked (engine log: %s). Remove it "
             "with `servenest down %s` or `prefect deployment run teardown/%s`.",
-            name, topology.state.engine.get("log"), name, name,
+            name, topology.state.engine.get("log"), deployment, deployment,
         )
         return
     logger.warning("bring-up of %s failed; tearing down what it created", name)

@@ -18,7 +18,7 @@ from flows.common import clean_up_failed, register, serve
 from servenest.errors import ServeNestError, SpecError
 from servenest.health import GateReport
 from servenest.redeploy import Placement, choose_placement
-from servenest.slots import other_slot
+from servenest.slots import check_deployment_name, other_slot
 from servenest.spec import DeploymentSpec
 from servenest.timing import StageTimer
 from servenest.topology import TOPOLOGIES, Estimate, Topology, open_topology
@@ -56,6 +56,7 @@ def redeploy(
     timer = StageTimer()
     try:
         with timer.stage("validate"):
+            check_deployment_name(name)
             new_spec = spec.with_section("weights", revision=revision) if revision else spec
             check_spec(new_spec)
             api_key = load_api_key(new_spec.access.api_key_secret)
@@ -95,7 +96,11 @@ def _place(new_spec: DeploymentSpec, block, allowed: bool) -> tuple[Topology, Es
         get_run_logger().warning("no second slot for %s (%s)", new_spec.name, exc)
     candidate = open_topology(other or new_spec, run=prefect_shell_runner)
     if other is not None:
-        preflight(candidate)  # in place, the live copy's own preflight passed already
+        try:
+            preflight(candidate)  # in place, the live copy's own preflight passed already
+        except ServeNestError as exc:
+            get_run_logger().warning("the second slot %s fails its preflight (%s)", other.name, exc)
+            allowed = False
     estimate = estimate_cost(candidate)
     demand = candidate.gpu_demand()
     limits = read_gpu_limits(demand)

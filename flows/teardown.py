@@ -40,13 +40,18 @@ def teardown(name: str, failed_run_id: str | None = None) -> dict:
         if failed["keep_on_failure"]:
             logger.info("run %s asked to keep its failed bring-up; leaving %s alone", failed_run_id, name)
             return {"deployment": name, "torn_down": False, "kept": "keep_on_failure"}
+        busy = runs_in_flight(name, exclude=failed_run_id)
+        if busy:
+            # Their slots are theirs; a run that fails later gets its own clean-up.
+            logger.warning("%s is being changed by %s; leaving it to them", name, ", ".join(busy))
+            return {"deployment": name, "torn_down": False, "kept": "runs in flight"}
         if block is not None and not (failed["flow"] == "provision" and block.registered_by == failed_run_id):
             keep = block.instance_name
             logger.info("%s serves from %s, registered by another run; it stays", name, keep)
     removed = {}
     for instance in slot_names(name):
         if instance != keep:
-            result = _teardown_instance(instance, block if block and block.instance_name == instance else None)
+            result = _teardown_instance(instance, block)
             if result is not None:
                 removed[instance] = result
     if keep is None:
@@ -55,6 +60,28 @@ def teardown(name: str, failed_run_id: str | None = None) -> dict:
         logger.info("nothing of %s is recorded%s; nothing to tear down", name,
                     f" beside the live {keep}" if keep else "")
     return {"deployment": name, "torn_down": bool(removed), "instances": removed, "kept": keep}
+
+
+@task(name="runs-in-flight", cache_policy=NO_CACHE)
+def runs_in_flight(name: str, exclude: str) -> list[str]:
+    """Provision, redeploy or launch runs of ``name`` that are running now (not queued)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    names = [f"{flow}-{name}" for flow in ("provision", "redeploy", "launch")]
+    active = FlowRunFilter(
+        name=FlowRunFilterName(any_=names),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=active, limit=20)
+    return [f"{r.name} ({r.id})" for r in runs if str(r.id) != exclude]
 
 
 @task(name="read-failed-run", cache_policy=NO_CACHE)
@@ -71,10 +98,20 @@ def failed_run(flow_run_id: str) -> dict:
 
 
 def _teardown_instance(instance: str, block: ServeNestEndpoint | None) -> dict | None:
-    # The local state record is written as resources appear; it outlives a run that died
-    # before registering, so it is the first place to look.
-    state = load_state(instance) or (DeploymentState.from_dict(block.state) if block else None)
-    spec_data = (state.spec if state and state.spec else None) or (block.spec if block else None)
+    """Remove slot ``instance``. Its state record is the first place to look (written as
+    resources appear, it outlives a run that died before registering); then the registered
+    block. A slot with neither is looked for by name from the registered spec: the record
+    of a redeploy's leftover copy may be on another worker's machine."""
+    live = block if block and block.instance_name == instance else None
+    state = load_state(instance) or (DeploymentState.from_dict(live.state) if live else None)
+    spec_data = (state.spec if state and state.spec else None) or (live.spec if live else None)
+    if spec_data is None and block is not None:
+        try:
+            spec = load_spec_data({**block.spec, "name": instance}, origin=f"slot {instance}")
+        except SpecError:
+            return None  # a name the topology refuses: that slot was never used
+        return teardown_deployment(open_topology(spec, DeploymentState(instance, spec.topology),
+                                                 run=prefect_shell_runner))
     if spec_data is None:
         return None
     try:

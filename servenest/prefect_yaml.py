@@ -22,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
+from servenest.errors import SpecError
 from servenest.events import FAILED_RUN_EVENTS, REVISION_PUBLISHED, model_resource_id
+from servenest.slots import check_deployment_name
 from servenest.spec import DeploymentSpec, load_spec_file
 
 WORK_POOL = "servenest-local"
@@ -48,6 +50,11 @@ def spec_files(directory: Path) -> list[Path]:
 def render(directory: Path) -> str:
     deployments = []
     specs = [(path, load_spec_file(path)) for path in spec_files(directory)]
+    for path, spec in specs:
+        try:
+            check_deployment_name(spec.name)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
     for index, (path, spec) in enumerate(specs):
         common = {"tags": ["servenest", spec.topology], "work_pool": {"name": WORK_POOL}}
         deployments += [

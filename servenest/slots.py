@@ -12,6 +12,17 @@ from __future__ import annotations
 SECOND_SLOT_SUFFIX = "-b"
 
 
+def check_deployment_name(name: str) -> str:
+    """A deployment's own name may not look like another deployment's second slot."""
+    from servenest.errors import SpecError
+
+    if name.endswith(SECOND_SLOT_SUFFIX):
+        raise SpecError(
+            f"deployment name {name!r} ends in {SECOND_SLOT_SUFFIX!r}, which names the second slot of "
+            f"deployment {name.removesuffix(SECOND_SLOT_SUFFIX)!r} (a side-by-side redeploy); choose another name")
+    return name
+
+
 def slot_names(deployment: str) -> tuple[str, str]:
     return deployment, deployment + SECOND_SLOT_SUFFIX
 

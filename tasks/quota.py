@@ -51,7 +51,9 @@ def hold_gpus(demand: dict[str, int], limits: dict[str, int | None], wait_s: flo
             logger.info("waiting up to %.0f s for %d GPUs of %s", wait_s, demand[kind], gpu_limit_name(kind))
             try:
                 stack.enter_context(concurrency(gpu_limit_name(kind), occupy=demand[kind],
-                                                timeout_seconds=wait_s, strict=True))
+                                                timeout_seconds=wait_s, strict=True,
+                                                # an API hiccup hours in must not cancel the run
+                                                raise_on_lease_renewal_failure=False))
             except TimeoutError:
                 raise QuotaBusyError(
                     f"{demand[kind]} {kind} GPUs did not free up in {gpu_limit_name(kind)} "

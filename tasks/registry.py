@@ -59,7 +59,10 @@ def register_endpoint(
         deployment=deployment, topology=spec.topology, base_url=ep.base_url,
         served_model_name=ep.served_model_name, api_key_secret=spec.access.api_key_secret,
         spec=spec.model_dump(mode="json"), state=topology.state.to_dict(),
-        registered_at=time.time(), last_gate=_gate_record(gate), instance=spec.name,
+        # A relaunch of the same copy keeps its age (status counts its cost from there).
+        registered_at=previous.registered_at if previous and previous.instance_name == spec.name
+        else time.time(),
+        last_gate=_gate_record(gate), instance=spec.name,
         registered_by=flow_run.get_id(), hourly_cost=estimate_kept[0], currency=estimate_kept[1],
         last_benchmark=previous.last_benchmark if previous else {},
     )

@@ -90,7 +90,9 @@ def regressions(current: dict, history: list[dict], margin: float, window: int =
     """Metrics worse than the median of the last ``window`` valid runs by more than ``margin``."""
     previous = [
         h for h in history
-        if h.get("valid") and h.get("load") == current.get("load") and all(k in h for k in _TREND)
+        # Rows from before `passed` was recorded count as passed.
+        if h.get("valid") and h.get("passed", True) and h.get("load") == current.get("load")
+        and all(k in h for k in _TREND)
     ][-window:]
     if not previous:
         return []

@@ -96,3 +96,29 @@ def test_gpu_demand_per_topology(spec_dict):
     assert open_topology(dual).gpu_demand() == {"H20": 16}
     ack = load_spec_data(spec_dict("ack", cloud={"gpus_per_node": 8, "nodes": 2}))
     assert open_topology(ack).gpu_demand() == {"H20": 16}
+
+
+def test_a_deployment_may_not_be_named_like_a_second_slot(tmp_path, spec_dict):
+    import yaml
+
+    from servenest.prefect_yaml import render
+    from servenest.slots import check_deployment_name
+
+    assert check_deployment_name("team-bravo") == "team-bravo"
+    with pytest.raises(SpecError, match="second slot of deployment 'team'"):
+        check_deployment_name("team-b")
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(spec_dict(name="team-b")))
+    with pytest.raises(SpecError, match="x.yaml"):
+        render(tmp_path)
+
+
+def test_a_rejected_revision_never_becomes_the_regression_baseline():
+    from servenest.bench.gate import regressions
+
+    base = {"load": "L", "valid": True, "median_ttft_ms": 100.0, "median_tpot_ms": 10.0,
+            "median_itl_ms": 10.0, "output_throughput": 100.0}
+    slow = {**base, "median_ttft_ms": 150.0}
+    history = [base, {**slow, "passed": False}, {**slow, "passed": False}, {**slow, "passed": False}]
+    # Three rejected slow candidates later, a fourth is still judged against the good runs.
+    assert regressions(slow, history, margin=0.2)
+    assert not regressions(slow, [base, {**slow}, {**slow}, {**slow}], margin=0.2)  # older rows: passed
