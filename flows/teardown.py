@@ -12,7 +12,7 @@ from servenest.spec import load_spec_data
 from servenest.state import DeploymentState, delete_state, load_state
 from servenest.topology import TOPOLOGIES, open_topology
 from tasks.infrastructure import teardown_deployment
-from tasks.registry import find_endpoint, forget_endpoint
+from tasks.registry import find_endpoint, forget_endpoint, runs_in_flight
 from tasks.shell import prefect_shell_runner
 
 
@@ -60,28 +60,6 @@ def teardown(name: str, failed_run_id: str | None = None) -> dict:
         logger.info("nothing of %s is recorded%s; nothing to tear down", name,
                     f" beside the live {keep}" if keep else "")
     return {"deployment": name, "torn_down": bool(removed), "instances": removed, "kept": keep}
-
-
-@task(name="runs-in-flight", cache_policy=NO_CACHE)
-def runs_in_flight(name: str, exclude: str) -> list[str]:
-    """Provision, redeploy or launch runs of ``name`` that are running now (not queued)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterName,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    names = [f"{flow}-{name}" for flow in ("provision", "redeploy", "launch")]
-    active = FlowRunFilter(
-        name=FlowRunFilterName(any_=names),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(
-            any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED])))
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=active, limit=20)
-    return [f"{r.name} ({r.id})" for r in runs if str(r.id) != exclude]
 
 
 @task(name="read-failed-run", cache_policy=NO_CACHE)

@@ -51,19 +51,19 @@ def register_endpoint(
     spec = topology.spec
     deployment = deployment or spec.name
     previous = find_endpoint(deployment)
-    if estimate is None and previous is not None and previous.instance_name == spec.name:
-        estimate_kept = (previous.hourly_cost, previous.currency)  # a relaunch: same resources
+    # A relaunch of the same copy keeps its price and its age (status counts cost from there).
+    same_copy = previous is not None and previous.instance_name == spec.name
+    if estimate is not None:
+        hourly_cost, currency = estimate.hourly, estimate.currency
     else:
-        estimate_kept = (estimate.hourly, estimate.currency) if estimate else (None, None)
+        hourly_cost, currency = (previous.hourly_cost, previous.currency) if same_copy else (None, None)
     block = ServeNestEndpoint(
         deployment=deployment, topology=spec.topology, base_url=ep.base_url,
         served_model_name=ep.served_model_name, api_key_secret=spec.access.api_key_secret,
         spec=spec.model_dump(mode="json"), state=topology.state.to_dict(),
-        # A relaunch of the same copy keeps its age (status counts its cost from there).
-        registered_at=previous.registered_at if previous and previous.instance_name == spec.name
-        else time.time(),
+        registered_at=previous.registered_at if same_copy else time.time(),
         last_gate=_gate_record(gate), instance=spec.name,
-        registered_by=flow_run.get_id(), hourly_cost=estimate_kept[0], currency=estimate_kept[1],
+        registered_by=flow_run.get_id(), hourly_cost=hourly_cost, currency=currency,
         last_benchmark=previous.last_benchmark if previous else {},
     )
     block.save(deployment, overwrite=True)
@@ -111,28 +111,47 @@ def _gate_record(gate: GateReport) -> dict:
             "stages": [asdict(s) for s in gate.stages], "ttft_ms": gate.ttft_ms}
 
 
-@task(name="owned-deployments", cache_policy=NO_CACHE)
-def owned_deployments() -> set[str]:
-    """Deployments something still owns: registered, recorded on this machine, or with a
-    provision run in flight (possibly on another worker, before it recorded anything)."""
+# Flows that change a deployment name their runs "<flow>-<deployment>".
+CHANGING_FLOWS = ("provision", "redeploy", "launch")
+
+
+def changing_runs(names: list[str] | None = None, queued: bool = True) -> list:
+    """Runs of the flows that change deployments, not yet ended (with ``queued``, also
+    scheduled ones); only those named in ``names`` when given."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
+        FlowRunFilterName,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
 
+    states = [StateType.RUNNING, StateType.PENDING, StateType.PAUSED]
+    active = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=states + ([StateType.SCHEDULED] if queued else []))),
+        name=FlowRunFilterName(any_=names) if names else None)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=active, limit=200)
+    return [r for r in runs if r.name.split("-", 1)[0] in CHANGING_FLOWS]
+
+
+@task(name="owned-deployments", cache_policy=NO_CACHE)
+def owned_deployments() -> set[str]:
+    """Deployments something still owns: registered, recorded on this machine, or with a
+    provision run in flight (possibly on another worker, before it recorded anything)."""
     from servenest.state import recorded_deployments
     from servenest.status import registered_deployments
 
     owned = set(registered_deployments()) | set(recorded_deployments())
-    active = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-        any_=[StateType.RUNNING, StateType.PENDING, StateType.PAUSED, StateType.SCHEDULED])))
-    with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_run_filter=active, limit=200):
-            for prefix in ("provision-", "redeploy-", "launch-"):
-                if run.name.startswith(prefix):
-                    owned.add(run.name.removeprefix(prefix))
+    owned |= {run.name.split("-", 1)[1] for run in changing_runs()}
     # Either slot of a deployment belongs to it (a redeploy may be bringing up the other).
     return {slot for name in owned for slot in slot_names(name)}
+
+
+@task(name="runs-in-flight", cache_policy=NO_CACHE)
+def runs_in_flight(name: str, exclude: str) -> list[str]:
+    """Provision, redeploy or launch runs of ``name`` that are running now (not queued)."""
+    runs = changing_runs([f"{flow}-{name}" for flow in CHANGING_FLOWS], queued=False)
+    return [f"{r.name} ({r.id})" for r in runs if str(r.id) != exclude]

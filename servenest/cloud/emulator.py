@@ -39,13 +39,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import yaml
 
 from servenest.catalog import INSTANCE_TYPES as KNOWN_INSTANCE_TYPES
+from servenest.emulator_http import EmulatorHandler
 
 ROS_VERSION = "2019-09-10"
 ECS_VERSION = "2014-05-26"
@@ -1432,25 +1433,12 @@ def _access_key(headers: dict[str, str], params: dict[str, Any]) -> str | None:
     return params.get("AccessKeyId")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Without it the body waits for the client's delayed ACK: 40 ms a request.
-    disable_nagle_algorithm = True
+class _Handler(EmulatorHandler):
     emulator: CloudEmulator
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
-
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        url = urlsplit(self.path)
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
-        headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            status, extra, payload = self.emulator.handle(
-                self.command, url.path, query, body, headers
-            )
+            status, extra, payload = self.emulator.handle(*self.request_parts())
         except Exception as exc:  # an emulator bug: answer 500 rather than hang the client
             status, extra = 500, {}
             payload = {"Code": "InternalError", "Message": f"emulator: {exc!r}", "RequestId": "x"}

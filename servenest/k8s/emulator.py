@@ -43,11 +43,12 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import yaml
+
+from servenest.emulator_http import EmulatorHandler
 
 JSON = "application/json"
 WATCH_TIMEOUT = 60.0  # seconds; a real server ends watches after minutes, clients re-watch
@@ -893,25 +894,12 @@ class KubeEmulator:
                 return
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes: with Nagle's algorithm on, the body then
-    # waits for the client's delayed ACK and every request takes 40 ms.
-    disable_nagle_algorithm = True
+class _Handler(EmulatorHandler):
     emulator: KubeEmulator
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
-
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        url = urlsplit(self.path)
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
-        headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            status, payload, ctype = self.emulator.handle(self.command, url.path, query, body,
-                                                          headers)
+            status, payload, ctype = self.emulator.handle(*self.request_parts())
         except Exception as exc:  # an emulator bug: answer 500 rather than hang the client
             status, ctype = 500, JSON
             payload = KubeError(500, "InternalError", f"emulator: {exc!r}").body()
