@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_capacity.py [--quick]
 
-Starts the no-op streaming server (servenest/bench/noop_server.py) in its own process on
+Starts the no-op streaming server (servenest/rehearsal/openai_noop.py) in its own process on
 loopback, pinned to one CPU, pins this client process to another, and measures the load
 runner (servenest/bench/runner.py) against it:
 
@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servenest.bench.noop_server import spawn  # noqa: E402
 from servenest.bench.runner import run_load  # noqa: E402
 from servenest.bench.types import SampleRequest  # noqa: E402
+from servenest.rehearsal.openai_noop import spawn  # noqa: E402
 
 MODEL = "noop"
 

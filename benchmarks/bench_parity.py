@@ -149,8 +149,8 @@ def main() -> int:
 
 def client_overhead(model_dir: str, key: str, a) -> dict:
     """Each tool's TTFT against the no-op server (answers at once): its own overhead."""
-    from servenest.bench.noop_server import spawn
     from servenest.engines import environment
+    from servenest.rehearsal.openai_noop import spawn
 
     with spawn("--tokens", str(a.output_len), "--model", "tiny", "--api-key", key) as srv:
         v = vllm_run(str(environment.managed_python()), srv.url, model_dir, key, a)

@@ -37,7 +37,7 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROX
     os.environ.pop(_var, None)
 
 from servenest.cloud.api import EMULATOR_ENV, CloudTimings  # noqa: E402
-from servenest.cloud.emulator import CloudEmulator  # noqa: E402
+from servenest.rehearsal.cloud import CloudEmulator  # noqa: E402
 from servenest.spec import load_spec_data  # noqa: E402
 from servenest.state import DeploymentState  # noqa: E402
 
@@ -126,7 +126,7 @@ def fault_run(args) -> dict:
 
     from flows.provision import provision
     from flows.teardown import teardown
-    from servenest.cloud.rehearsal import emulated_cloud
+    from servenest.rehearsal.ecs import emulated_cloud
 
     home = tempfile.mkdtemp(prefix="servenest-faults-")
     os.environ["SERVENEST_HOME"] = home

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from servenest.errors import ServeNestError
+from servenest.paths import servenest_executable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "deployments" / "local-tiny.yaml"
@@ -151,7 +152,7 @@ def _emulation(spec, args):
     from servenest import paths
 
     if spec.topology == "ack":
-        from servenest.k8s.rehearsal import emulated_ack, objects_left
+        from servenest.rehearsal.ack import emulated_ack, objects_left
 
         # Pods run the no-op OpenAI server: a CPU engine cannot stand in for GPU pods' memory.
         print("ack rehearsal: CS and Kubernetes APIs emulated; serving pods run the no-op server")
@@ -161,7 +162,7 @@ def _emulation(spec, args):
                            "error_answers": sum(1 for c in [*cloud.calls, *kube.calls] if c.status >= 400),
                            "objects_left": objects_left(kube)}
         return
-    from servenest.cloud.rehearsal import emulated_cloud
+    from servenest.rehearsal.ecs import emulated_cloud
 
     with emulated_cloud(args.emulate_engine) as emu:
         yield lambda: {"cloud_api_calls": len(emu.calls),
@@ -323,14 +324,6 @@ def cmd_demo(args) -> int:
               f"{curl_command(result['base_url'], result['model'])}\n\n"
               f"stop it with: {exe} down {shlex.quote(spec.name)}")
     return 0
-
-
-def servenest_executable() -> str:
-    """This command's absolute path: printed commands must work in a fresh shell too."""
-    import shutil
-
-    beside = Path(sys.executable).parent / "servenest"
-    return str(beside) if beside.exists() else shutil.which("servenest") or "servenest"
 
 
 def demo_summary(stages: list[dict], total_s: float, server_s: float, teardown_s: float | None) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 
@@ -36,3 +38,9 @@ def state_dir() -> Path:
 def safe_component(text: str) -> str:
     """A path component from a model id or revision ("Qwen/Qwen3-8B" -> "Qwen--Qwen3-8B")."""
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text).strip("-") or "_"
+
+
+def servenest_executable() -> str:
+    """The ``servenest`` command's absolute path: printed commands must work in a fresh shell too."""
+    beside = Path(sys.executable).parent / "servenest"
+    return str(beside) if beside.exists() else shutil.which("servenest") or "servenest"

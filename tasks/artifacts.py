@@ -7,8 +7,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
-from servenest.cli import servenest_executable
 from servenest.connection import connection_card
+from servenest.paths import servenest_executable
 from servenest.topology import Topology
 
 

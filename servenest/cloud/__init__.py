@@ -1,6 +1,5 @@
-"""Alibaba Cloud test equipment: a local emulator of the ROS, ECS Cloud Assistant and CS APIs.
+"""Alibaba Cloud clients: ROS stacks, ECS Cloud Assistant, CS, credentials, templates and host scripts.
 
-The real SDK clients (alibabacloud-ros20190910, -ecs20140526, -cs20151215) are pointed at
-:class:`servenest.cloud.emulator.CloudEmulator` with ``endpoint=emulator.endpoint`` and
-``protocol="http"``; no real cloud is contacted.
+Everything here talks to the real cloud APIs through the official SDKs; the emulators that
+imitate those APIs for rehearsals live apart, in :mod:`servenest.rehearsal`.
 """

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from servenest.errors import GateFailedError
-from servenest.k8s.rehearsal import emulated_ack, objects_left
+from servenest.rehearsal.ack import emulated_ack, objects_left
 from servenest.spec import DeploymentSpec
 from tests.integration.conftest import TEST_KEY
 

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from servenest.cloud.rehearsal import emulated_cloud
 from servenest.errors import ApprovalDeniedError, BudgetExceededError
+from servenest.rehearsal.ecs import emulated_cloud
 from servenest.spec import DeploymentSpec
 from tests.integration.conftest import REPO, TEST_KEY, free_port
 

@@ -10,8 +10,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
 from blocks.endpoint import ServeNestEndpoint
-from servenest.cloud.rehearsal import emulated_cloud
 from servenest.errors import BenchmarkGateError
+from servenest.rehearsal.ecs import emulated_cloud
 from servenest.state import load_state
 from tests.integration.test_ecs_rehearsal import ecs_spec, live, tiny_tokenizer  # noqa: F401
 

@@ -130,7 +130,7 @@ def cloud(monkeypatch):
 
     Hosts answer Cloud Assistant through ``cloud.command_handler`` (default: the
     ``FakeHosts`` below); tests that need real scripts run use EmulatedHosts."""
-    from servenest.cloud.emulator import CloudEmulator
+    from servenest.rehearsal.cloud import CloudEmulator
 
     hosts = FakeHosts()
     with CloudEmulator(seed=3, instance_address="auto", command_handler=hosts,

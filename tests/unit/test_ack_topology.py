@@ -10,7 +10,7 @@ import pytest
 
 from servenest.errors import CloudCredentialsError, CloudError, CloudInputError, WeightsError
 from servenest.k8s import serving
-from servenest.k8s.emulator import KubeController, KubeEmulator
+from servenest.rehearsal.kubernetes import KubeController, KubeEmulator
 from servenest.topology.ack import AckTopology, gpu_models_offering, pod_problem
 
 DIGEST = "e" * 64

@@ -10,10 +10,10 @@ import urllib.request
 import httpx
 import pytest
 
-from servenest.bench.noop_server import NoopServerProcess
 from servenest.bench.request import Endpoint, make_client
 from servenest.bench.runner import run_sync
 from servenest.bench.types import SampleRequest
+from servenest.rehearsal.openai_noop import NoopServerProcess
 
 REQ = SampleRequest(prompt="one two three", prompt_len=4, expected_output_len=5)
 

@@ -12,10 +12,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from servenest.bench.noop_server import NoopServerProcess
 from servenest.bench.runner import check_endpoint, run_load
 from servenest.bench.types import SampleRequest
 from servenest.errors import BenchmarkInputError
+from servenest.rehearsal.openai_noop import NoopServerProcess
 
 REQ = SampleRequest(prompt="hello there", prompt_len=3, expected_output_len=4)
 COMPLETIONS = ("/v1/completions", "openai")

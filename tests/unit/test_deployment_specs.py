@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from servenest.catalog import INSTANCE_TYPES, MODELS, get_instance_type
-from servenest.cloud.emulator import DEFAULT_REGIONS, CloudEmulator
 from servenest.cloud.ros_template import (
     render_ack_cluster_yaml,
     render_template_yaml,
@@ -17,6 +16,7 @@ from servenest.cloud.ros_template import (
 )
 from servenest.errors import SpecError
 from servenest.fit import check_spec_fits, hardware_candidates
+from servenest.rehearsal.cloud import DEFAULT_REGIONS, CloudEmulator
 from servenest.spec import load_spec_file
 
 from .conftest import DEPLOYMENTS_DIR

@@ -15,7 +15,7 @@ from servenest.errors import (
     Retryable,
 )
 from servenest.k8s.client import Kube, KubeNotFound
-from servenest.k8s.emulator import KubeController, KubeEmulator
+from servenest.rehearsal.kubernetes import KubeController, KubeEmulator
 
 NS = "default"
 FLUID = "data.fluid.io/v1alpha1"

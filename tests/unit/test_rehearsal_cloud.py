@@ -21,7 +21,7 @@ from alibabacloud_tea_openapi.exceptions import (
 )
 from alibabacloud_tea_openapi.models import Config
 
-from servenest.cloud.emulator import CloudEmulator
+from servenest.rehearsal.cloud import CloudEmulator
 
 TEMPLATE = """
 ROSTemplateFormatVersion: '2015-09-01'

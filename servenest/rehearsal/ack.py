@@ -1,5 +1,5 @@
 """A whole ACK cluster on this machine: the CS API (cloud emulator), the Kubernetes API
-(:mod:`servenest.k8s.emulator`) with its controllers, and a kubelet that runs each serving
+(:mod:`servenest.rehearsal.kubernetes`) with its controllers, and a kubelet that runs each serving
 pod's engine as the no-op OpenAI server on the pod's own loopback address.
 
 The kubelet reads what a real one would: the pod's container script (the engine's
@@ -30,11 +30,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from servenest.bench.noop_server import NoopServerProcess
-from servenest.cloud.emulator import CloudEmulator
-from servenest.cloud.rehearsal import sdk_pointed_at
 from servenest.k8s import serving
-from servenest.k8s.emulator import KubeController, KubeEmulator
+from servenest.rehearsal.cloud import CloudEmulator
+from servenest.rehearsal.ecs import sdk_pointed_at
+from servenest.rehearsal.kubernetes import KubeController, KubeEmulator
+from servenest.rehearsal.openai_noop import NoopServerProcess
 
 REHEARSAL_TIME_SCALE = "0.01"
 H20_NODE_LABELS = {serving.ACK_GPU_NAME_LABEL: "NVIDIA-H20", "aliyun.accelerator/nvidia_count": "8"}

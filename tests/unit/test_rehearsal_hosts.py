@@ -1,4 +1,4 @@
-"""servenest/cloud/emulated_host.py: the rendered Cloud Assistant scripts really run.
+"""servenest/rehearsal/hosts.py: the rendered Cloud Assistant scripts really run.
 
 Every test uses the no-op engine (no vLLM), its own loopback address and free ports, and
 closes its hosts, which stops every container process.
@@ -7,7 +7,6 @@ closes its hosts, which stops every container process.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import socket
@@ -22,10 +21,9 @@ from pathlib import Path
 import pytest
 
 from servenest import process
-from servenest.bench.noop_server import NoopServerProcess
 from servenest.cloud import scripts
-from servenest.cloud.emulated_host import OUTPUT_LIMIT, SGLANG_MESSAGE, EmulatedHosts, _rewrite_root
 from servenest.health import parse_metrics
+from servenest.rehearsal.hosts import OUTPUT_LIMIT, SGLANG_MESSAGE, EmulatedHosts, _rewrite_root
 from servenest.spec import load_spec_data
 
 KEY = "sk-emulated-host-test-7d41c2"
@@ -370,7 +368,7 @@ def test_docker_inspect_logs_and_missing_containers(hosts):
 def test_crashed_engine_shows_its_exit_code(hosts):
     address, port = serving_host(hosts, "i-crash")
     for pid in engine_pids(hosts, "i-crash"):
-        if b"noop_server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if b"openai_noop" in Path(f"/proc/{pid}/cmdline").read_bytes():
             os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: ok(hosts.run(INSPECT, "i-crash")) == "exited 137 0\n")
 
@@ -429,38 +427,3 @@ def test_release_stops_an_engine_that_was_never_recorded(hosts):
     (hosts.sandbox("i-orphan") / "containers" / "vllm.json").unlink()
     hosts.release(["i-orphan"])
     assert not any(process.state(pid).alive for pid in pids)
-
-
-# -- the no-op server's additions ---------------------------------------------------------------------
-def test_noop_server_reads_its_key_from_a_file_and_counts_requests_in_flight(tmp_path):
-    key_file = tmp_path / "key"
-    key_file.write_text(KEY + "\n")
-    with NoopServerProcess("--model", "m", "--api-key-file", str(key_file), "--tokens", "4",
-                           "--token-delay-ms", "300") as server:
-        assert http_status(f"{server.url}/v1/models") == 401
-        assert http_status(f"{server.url}/v1/models", KEY) == 200
-        assert KEY.encode() not in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
-
-        def running() -> float:
-            with _NO_PROXY.open(f"{server.url}/metrics", timeout=2) as resp:
-                values = parse_metrics(resp.read().decode())
-            assert values["vllm:num_requests_waiting"] == 0
-            return values["vllm:num_requests_running"]
-
-        assert running() == 0
-        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 4}).encode()
-        request = urllib.request.Request(f"{server.url}/v1/completions", data=body, headers={
-            "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-        stream = threading.Thread(target=lambda: _NO_PROXY.open(request, timeout=10).read())
-        stream.start()
-        assert wait_for(lambda: running() == 1, timeout=5)
-        stream.join(timeout=10)
-        assert running() == 0
-
-
-def test_noop_server_refuses_an_empty_key_file(tmp_path):
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
-    done = subprocess.run([sys.executable, "-m", "servenest.bench.noop_server", "--port", "0",
-                           "--api-key-file", str(empty)], capture_output=True, text=True, timeout=30)
-    assert done.returncode != 0 and "is empty" in done.stderr

@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from servenest.emulator_http import EmulatorHandler
+from servenest.rehearsal.http import EmulatorHandler
 
 JSON = "application/json"
 WATCH_TIMEOUT = 60.0  # seconds; a real server ends watches after minutes, clients re-watch

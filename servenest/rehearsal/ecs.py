@@ -15,8 +15,8 @@ from pathlib import Path
 
 from servenest import paths
 from servenest.cloud.api import EMULATOR_ENV, TIME_SCALE_ENV
-from servenest.cloud.emulated_host import EmulatedHosts
-from servenest.cloud.emulator import CloudEmulator
+from servenest.rehearsal.cloud import CloudEmulator
+from servenest.rehearsal.hosts import EmulatedHosts
 
 # Emulated stacks finish in a couple of polls; shrink the real-cloud waits to match.
 REHEARSAL_TIME_SCALE = "0.02"

@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from servenest.k8s.emulator import KubeController, KubeEmulator
+from servenest.rehearsal.kubernetes import KubeController, KubeEmulator
 
 FLUID = ("data.fluid.io", "v1alpha1")
 LWS = ("leaderworkerset.x-k8s.io", "v1")

@@ -257,10 +257,10 @@ def _write_shims(shim_dir: Path) -> Path:
         path = shim_dir / name
         _write_text(path, (
             f"#!{sys.executable}\n"
-            f"# ServeNest emulated-host shim for {name}; see servenest/cloud/emulated_host.py\n"
+            f"# ServeNest emulated-host shim for {name}; see servenest/rehearsal/hosts.py\n"
             "import sys\n"
             f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-            "from servenest.cloud.emulated_host import shim_main\n"
+            "from servenest.rehearsal.hosts import shim_main\n"
             f"sys.exit(shim_main({name!r}, sys.argv[1:]))\n"
         ))
         path.chmod(0o755)
@@ -784,7 +784,7 @@ def _noop_plan(host: _Host, run: _Run, args: list[str], entry: _Entrypoint, key:
     groups = _flag_groups(args)
     port = _port(groups)
     served = _value(groups, "--served-model-name") or _value(groups, "--model") or "noop"
-    argv = [sys.executable, "-m", "servenest.bench.noop_server", "--host", host.address,
+    argv = [sys.executable, "-m", "servenest.rehearsal.openai_noop", "--host", host.address,
             "--port", str(port), "--model", served]
     if key is not None:  # the server reads the file itself: the key stays off argv
         argv += ["--api-key-file", str(run.host_path(entry.key_path or ""))]

@@ -1,7 +1,7 @@
 """Test equipment: an OpenAI-style streaming server that does no work, so that what a load test
 measures is the client.
 
-    python -m servenest.bench.noop_server --port 8100 [--tokens N] [--token-delay-ms D]
+    python -m servenest.rehearsal.openai_noop --port 8100 [--tokens N] [--token-delay-ms D]
 
 Raw asyncio protocol (uvloop when installed), HTTP/1.1 keep-alive, chunked SSE like vLLM:
 
@@ -342,7 +342,7 @@ async def serve(host: str, port: int, config: Config, ready=None) -> None:
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m servenest.bench.noop_server", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m servenest.rehearsal.openai_noop", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100, help="0 picks a free port")
@@ -402,7 +402,7 @@ class NoopServerProcess:
     """The server as a subprocess on a free loopback port; a context manager."""
 
     def __init__(self, *args: str, cpu: int | None = None, timeout_s: float = 15.0):
-        argv = [sys.executable, "-m", "servenest.bench.noop_server", "--port", "0", *args]
+        argv = [sys.executable, "-m", "servenest.rehearsal.openai_noop", "--port", "0", *args]
         if cpu is not None:
             argv += ["--cpu", str(cpu)]
         # stderr to a file, not a pipe nobody drains (a full pipe would stall the server).

@@ -20,12 +20,11 @@ Fault injection lives in :attr:`CloudEmulator.faults` (a :class:`Faults`), setta
 tests or over HTTP with ``POST /__emulator/faults`` (JSON). ``GET /__emulator/calls`` returns
 the call log, ``POST /__emulator/reset`` clears state and faults.
 
-Run standalone: ``python -m servenest.cloud.emulator --port 9999``.
+Run standalone (with or without emulated hosts): ``python -m servenest.rehearsal --port 9999``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
@@ -46,7 +45,7 @@ from urllib.parse import parse_qsl
 import yaml
 
 from servenest.catalog import INSTANCE_TYPES as KNOWN_INSTANCE_TYPES
-from servenest.emulator_http import EmulatorHandler
+from servenest.rehearsal.http import EmulatorHandler
 
 ROS_VERSION = "2019-09-10"
 ECS_VERSION = "2014-05-26"
@@ -1456,53 +1455,3 @@ class _Handler(EmulatorHandler):
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Local Alibaba Cloud ROS/ECS/CS emulator")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9999)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--instance-address", default="127.0.0.1")
-    parser.add_argument("--create-polls", type=int, default=2)
-    parser.add_argument("--cluster", action="append", default=[], help="pre-create a cluster id")
-    parser.add_argument(
-        "--hosts", choices=["none", "vllm", "noop"], default="none",
-        help="run Cloud Assistant scripts on emulated hosts serving the real CPU vLLM (or the "
-        "no-op server); instances then get their own loopback addresses",
-    )
-    parser.add_argument("--hosts-dir", default=None, help="where emulated hosts keep their files")
-    args = parser.parse_args(argv)
-    emu = CloudEmulator(
-        host=args.host,
-        port=args.port,
-        seed=args.seed,
-        instance_address="auto" if args.hosts != "none" else args.instance_address,
-        create_polls=args.create_polls,
-    )
-    hosts = None
-    if args.hosts != "none":
-        from pathlib import Path
-
-        from servenest import paths
-        from servenest.cloud.rehearsal import emulated_hosts
-
-        root = Path(args.hosts_dir) if args.hosts_dir else paths.home() / "emulator" / "hosts"
-        hosts = emulated_hosts(emu, root, args.hosts)
-    for cid in args.cluster:
-        emu.add_cluster(cid)
-    emu.start()
-    print(f"cloud emulator listening on http://{emu.endpoint}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
-        if hosts is not None:
-            hosts.close()
-
-
-if __name__ == "__main__":
-    main()
