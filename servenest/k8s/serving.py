@@ -321,17 +321,20 @@ def _pod_template(spec: DeploymentSpec, role: str, gpu_models: list[str] | None,
     return {"metadata": meta, "spec": pod}
 
 
-def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_id: str | None = None) -> dict:
-    """The Deployment (one pod) or LeaderWorkerSet (one group of ``cloud.nodes`` pods)."""
+def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_id: str | None = None,
+             replicas: int | None = None) -> dict:
+    """The Deployment (pods) or LeaderWorkerSet (groups of ``cloud.nodes`` pods), starting at
+    ``replicas.min`` replicas (``replicas``: the count an autoscaler set, kept by a relaunch)."""
     name = workload_name(spec)
+    replicas = spec.replicas.min if replicas is None else replicas
     if workload_kind(spec) == "Deployment":
         template = _pod_template(spec, "single", gpu_models, launch_id)
         return {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(spec, name),
             "spec": {
-                "replicas": 1,
+                "replicas": replicas,
                 "selector": {"matchLabels": serving_selector(spec)},
-                # One pod holds all the GPUs: a rolling update would need twice as many.
+                # A pod holds all of a node's GPUs: a rolling update would need twice as many.
                 "strategy": {"type": "Recreate"},
                 "template": template,
             },
@@ -339,7 +342,7 @@ def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_i
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": _meta(spec, name),
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             # LeaderReady would deadlock: the leader is ready only once the workers joined.
             "startupPolicy": "LeaderCreated",
             "leaderWorkerTemplate": {
