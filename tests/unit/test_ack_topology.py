@@ -322,3 +322,16 @@ def test_creating_a_cluster_needs_a_zone_and_types(spec_dict):
 
     with pytest.raises(SpecError, match="cloud.instance_types and cloud.zones"):
         load_spec_data(spec_dict("ack", cloud={"cluster_id": None}))
+
+
+# -- autoscaling -------------------------------------------------------------------------------------
+def test_an_autoscaled_new_cluster_is_priced_at_its_ceiling(cloud, make_spec):
+    c = {"cluster_id": None, "zones": ["cn-hangzhou-h"], "instance_types": ["ecs.gn8v.4xlarge"]}
+    fixed = AckTopology(make_spec("ack", cloud=c)).estimate()
+    scaled = AckTopology(make_spec("ack", cloud=c, replicas={"min": 1, "max": 3})).estimate()
+    node = cloud.hourly_price("ecs.gn8v.4xlarge")
+    # The budget check sees what the autoscaler may reach: two more nodes than one replica needs.
+    assert scaled.hourly == pytest.approx(fixed.hourly + 2 * node)
+    assert "1-3 replicas" in scaled.placement and f"{fixed.hourly:.2f}" in scaled.note
+    template = AckTopology(make_spec("ack", cloud=c, replicas={"min": 1, "max": 3})).cluster_template
+    assert "MaxInstances: 3" in template and "Count: 1" in template
