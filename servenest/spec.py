@@ -331,6 +331,14 @@ class AutoscalingSpec(_Strict):
         return url
 
 
+# The per-pod gauges each engine's /metrics exposes: what autoscaling may target
+# (servenest.engines' adapters take their metric names from here).
+ENGINE_GAUGES: dict[str, dict[str, str]] = {
+    "vllm": {"waiting": "vllm:num_requests_waiting", "running": "vllm:num_requests_running",
+             "kv_usage": "vllm:kv_cache_usage_perc"},
+    "sglang": {"waiting": "sglang:num_queue_reqs", "running": "sglang:num_running_reqs",
+               "kv_usage": "sglang:token_usage"},
+}
 DEFAULT_QUEUE_TARGET = 5.0  # waiting requests per pod before another replica is worth a model load
 
 
@@ -432,18 +440,16 @@ class DeploymentSpec(_Strict):
                              "runs one copy (set replicas.max: 1)")
         if self.replicas.min == self.replicas.max:
             return
-        from servenest.engines import ADAPTERS  # engines imports this module
-
-        engine = ADAPTERS[self.engine.kind]
-        exposed = (engine.waiting_metric, engine.running_metric, engine.kv_usage_metric)
+        gauges = ENGINE_GAUGES[self.engine.kind]
+        exposed = tuple(gauges.values())
         for name, target in self.scale_targets.items():
             if name not in exposed:
                 raise ValueError(f"autoscaling.targets: {self.engine.kind} does not expose a per-pod "
                                  f"gauge {name!r}; it exposes {', '.join(exposed)}")
-            if name == engine.kv_usage_metric and target > 1:
+            if name == gauges["kv_usage"] and target > 1:
                 raise ValueError(f"autoscaling.targets: {name} is a fraction (0-1); {target} can never be reached")
-        if engine.waiting_metric not in self.scale_targets:
-            raise ValueError(f"autoscaling.targets must include the queue depth {engine.waiting_metric} "
+        if gauges["waiting"] not in self.scale_targets:
+            raise ValueError(f"autoscaling.targets must include the queue depth {gauges['waiting']} "
                              "(waiting requests per pod)")
         if self.autoscaling.autoscaler == "keda" and not self.autoscaling.prometheus_url:
             raise ValueError("autoscaling.autoscaler keda queries Prometheus: set autoscaling.prometheus_url "
@@ -471,9 +477,7 @@ class DeploymentSpec(_Strict):
         """Metric -> target average per pod (the engine's queue depth by default)."""
         if self.autoscaling.targets is not None:
             return dict(self.autoscaling.targets)
-        from servenest.engines import ADAPTERS
-
-        return {ADAPTERS[self.engine.kind].waiting_metric: DEFAULT_QUEUE_TARGET}
+        return {ENGINE_GAUGES[self.engine.kind]["waiting"]: DEFAULT_QUEUE_TARGET}
 
     @property
     def weights_repo(self) -> str:
