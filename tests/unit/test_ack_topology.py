@@ -335,3 +335,78 @@ def test_an_autoscaled_new_cluster_is_priced_at_its_ceiling(cloud, make_spec):
     assert "1-3 replicas" in scaled.placement and f"{fixed.hourly:.2f}" in scaled.note
     template = AckTopology(make_spec("ack", cloud=c, replicas={"min": 1, "max": 3})).cluster_template
     assert "MaxInstances: 3" in template and "Count: 1" in template
+
+
+SCALED = {"replicas": {"min": 1, "max": 3}, "autoscaling": {"scale_down_window_s": 0}}
+
+
+def wait_for(check, timeout_s: float = 10.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
+
+
+@pytest.mark.parametrize(("uninstalled", "autoscaling", "message"), [
+    (("podmonitors",), {}, "PodMonitor CRD"),
+    (("custom.metrics.k8s.io/v1beta1",), {}, "ack-alibaba-cloud-metrics-adapter"),
+    (("scaledobjects",), {"autoscaler": "keda", "prometheus_url": "http://prom:9090"}, "KEDA"),
+])
+def test_preflight_refuses_autoscaling_the_cluster_cannot_do(ack, kube, uninstalled, autoscaling, message):
+    kube.uninstall(*uninstalled)
+    with pytest.raises(CloudInputError, match=message):
+        ack(replicas={"max": 3}, autoscaling=autoscaling).preflight()
+    assert writes(kube) == []
+
+
+def test_preflight_picks_keda_where_the_cluster_has_it(ack, kube):
+    keda = {"prometheus_url": "http://prom:9090"}
+    assert ack(replicas={"max": 3}, autoscaling=keda).preflight()["autoscaler"] == "keda"
+    assert ack(replicas={"max": 3}).preflight()["autoscaler"] == "hpa"  # no Prometheus URL for KEDA
+    kube.uninstall("scaledobjects")
+    topo = ack(replicas={"max": 3}, autoscaling=keda)
+    assert topo.preflight()["autoscaler"] == "hpa"
+    assert "HorizontalPodAutoscaler" in [o["kind"] for o in topo.plan()["kubernetes"]]
+    assert "autoscaler" not in ack().preflight()  # fixed replicas: nothing to choose
+
+
+def test_the_hpa_scales_the_launched_deployment_with_the_queue_and_a_relaunch_keeps_its_count(
+        ack, kube, controller):
+    topo = ack(**SCALED)
+    topo.preflight()
+    topo.stage_weights()
+    topo.launch(KEY)
+    assert kube.get("podmonitors", "llm-model", "unit-test-engine") is not None
+    assert kube.get("horizontalpodautoscalers", "llm-model", "unit-test")["spec"]["maxReplicas"] == 3
+
+    def replicas() -> int:
+        return kube.get("deployments", "llm-model", "unit-test")["spec"]["replicas"]
+
+    wait_for(lambda: topo.status().detail.startswith("Deployment unit-test: 1/1 pods ready"))
+    kube.set_pod_metric("llm-model", "vllm:num_requests_waiting",
+                        selector=serving.serving_selector(topo.spec), value=12)
+    wait_for(lambda: replicas() == 3)
+    # The new replicas mount the same warmed dataset and join the load balancer once ready.
+    wait_for(lambda: topo.status().detail.startswith("Deployment unit-test: 3/3 pods ready"))
+    pods = kube.list("pods", "llm-model", serving.engine_labels(topo.spec))
+    assert {v["persistentVolumeClaim"]["claimName"] for p in pods for v in p["spec"]["volumes"]
+            if "persistentVolumeClaim" in v} == {"unit-test-weights"}
+    topo.launch(KEY)  # a relaunch under load does not drop back to replicas.min
+    assert replicas() == 3
+    kube.set_pod_metric("llm-model", "vllm:num_requests_waiting",
+                        selector=serving.serving_selector(topo.spec), value=0)
+    wait_for(lambda: replicas() == 1)
+
+
+def test_teardown_removes_the_autoscaler_before_the_workload(ack, kube, controller):
+    topo = ack(**SCALED)
+    topo.preflight()
+    topo.stage_weights()
+    topo.launch(KEY)
+    topo.teardown()
+    order = [c.path.split("/")[-2] for c in kube.calls if c.method == "DELETE"]
+    assert order.index("horizontalpodautoscalers") < order.index("podmonitors") < order.index("deployments")
+    assert kube.list("horizontalpodautoscalers", "llm-model") == [] and kube.list("podmonitors", "llm-model") == []
