@@ -240,6 +240,9 @@ ACK_SERVICE_CIDR = "172.21.0.0/20"
 ACK_CONTAINER_CIDR = "172.20.0.0/16"
 # ACK add-ons the ack topology needs: Fluid warms the weights; LeaderWorkerSet runs groups.
 ACK_ADDONS = ("flannel", "ack-fluid", "lws")
+# Managed Service for Prometheus' agent, which brings the PodMonitor CRD autoscaling scrapes
+# the engine through (www.alibabacloud.com/help/doc-detail/291402.htm).
+PROMETHEUS_ADDON = "ack-arms-prometheus"
 
 
 def render_ack_cluster(spec: DeploymentSpec, *, at_max: bool = False) -> dict[str, Any]:
@@ -276,7 +279,8 @@ def render_ack_cluster(spec: DeploymentSpec, *, at_max: bool = False) -> dict[st
                     "VSwitchIds": [vswitch],
                     "ServiceCidr": ACK_SERVICE_CIDR,
                     "ContainerCidr": ACK_CONTAINER_CIDR,
-                    "Addons": [{"Name": name} for name in ACK_ADDONS],
+                    "Addons": [{"Name": name} for name in ACK_ADDONS + (
+                        (PROMETHEUS_ADDON,) if spec.autoscaled else ())],
                     "NodePools": [{
                         **pool,
                         "ScalingGroup": {

@@ -248,7 +248,7 @@ class AckTopology(Topology):
             return False
         return True
 
-    def _choose_autoscaler(self) -> str:
+    def _choose_autoscaler(self, adapter_required: bool = True) -> str:
         """hpa or keda, from the spec's choice and what the cluster has installed."""
         choice = self.spec.autoscaling.autoscaler
         if choice == "auto":
@@ -262,10 +262,12 @@ class AckTopology(Topology):
         try:
             self.kube.request("GET", CUSTOM_METRICS_API, what="checking for the Custom Metrics API")
         except KubeNotFound:
-            raise CloudInputError(
-                f"cluster {self.cluster_id}: no Custom Metrics API ({CUSTOM_METRICS_API}); install "
-                "ack-alibaba-cloud-metrics-adapter pointed at Managed Service for Prometheus, with the "
-                "rules `servenest plan` lists under autoscaling.adapter_rules") from None
+            missing = (f"cluster {self.cluster_id}: no Custom Metrics API ({CUSTOM_METRICS_API}); install "
+                       "ack-alibaba-cloud-metrics-adapter pointed at Managed Service for Prometheus, with the "
+                       "rules `servenest plan` lists under autoscaling.adapter_rules")
+            if adapter_required:
+                raise CloudInputError(missing) from None
+            log.warning("%s; until then the HPA keeps %d replica(s)", missing, self.spec.replicas.min)
         return choice
 
     def _require_api(self, kind: str, missing: str) -> None:
@@ -325,8 +327,14 @@ class AckTopology(Topology):
                                     cluster_name=detail.get("name"))
         if "gpu_models" not in self.state.resources:
             self.state.resources["gpu_models"] = self._gpu_models(detail)
+        out = {"cluster": self.cluster_id, "name": detail.get("name"), "state": detail.get("state")}
+        if self.spec.autoscaled and "autoscaler" not in self.state.resources:
+            # A cluster ServeNest just made: its metrics adapter can only be set up now that the
+            # cluster's Prometheus exists, so a missing one is a warning, not a failure.
+            self.state.resources["autoscaler"] = self._choose_autoscaler(adapter_required=False)
+            out["autoscaler"] = self.state.resources["autoscaler"]
         self.save()
-        return {"cluster": self.cluster_id, "name": detail.get("name"), "state": detail.get("state")}
+        return out
 
     def _create_cluster(self) -> None:
         """One ROS stack with the cluster; a rerun resumes the recorded (or named) stack and the

@@ -335,6 +335,17 @@ def test_an_autoscaled_new_cluster_is_priced_at_its_ceiling(cloud, make_spec):
     assert "1-3 replicas" in scaled.placement and f"{fixed.hourly:.2f}" in scaled.note
     template = AckTopology(make_spec("ack", cloud=c, replicas={"min": 1, "max": 3})).cluster_template
     assert "MaxInstances: 3" in template and "Count: 1" in template
+    assert "ack-arms-prometheus" in template  # the PodMonitor CRD comes with Managed Prometheus
+
+
+def test_a_created_cluster_without_the_metrics_adapter_yet_still_provisions(cloud, kube, controller, make_spec):
+    cloud.kubeconfig = kube.kubeconfig()
+    kube.uninstall("custom.metrics.k8s.io/v1beta1")
+    spec = make_spec("ack", replicas={"max": 3}, cloud={
+        "cluster_id": None, "zones": ["cn-hangzhou-h"], "instance_types": ["ecs.gn8v.4xlarge"]})
+    topo = AckTopology(spec)
+    assert topo.provision()["autoscaler"] == "hpa"  # the adapter is set up once the cluster exists
+    AckTopology(spec).teardown()
 
 
 SCALED = {"replicas": {"min": 1, "max": 3}, "autoscaling": {"scale_down_window_s": 0}}
