@@ -95,20 +95,21 @@ def _behavior(spec: DeploymentSpec) -> dict:
             "scaleDown": {"stabilizationWindowSeconds": spec.autoscaling.scale_down_window_s}}
 
 
+def _scaler(spec: DeploymentSpec, api_version: str, kind: str, body: dict) -> dict:
+    """An autoscaler of the workload, named after it."""
+    return {"apiVersion": api_version, "kind": kind, "metadata": _meta(spec, serving.workload_name(spec)),
+            "spec": {"scaleTargetRef": _target_ref(spec), **body}}
+
+
 def hpa(spec: DeploymentSpec) -> dict:
-    return {
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": _meta(spec, serving.workload_name(spec)),
-        "spec": {
-            "scaleTargetRef": _target_ref(spec),
-            "minReplicas": spec.replicas.min, "maxReplicas": spec.replicas.max,
-            "metrics": [{"type": "Pods", "pods": {
-                "metric": {"name": name},
-                "target": {"type": "AverageValue", "averageValue": quantity(target)}}}
-                for name, target in spec.scale_targets.items()],
-            "behavior": _behavior(spec),
-        },
-    }
+    return _scaler(spec, "autoscaling/v2", "HorizontalPodAutoscaler", {
+        "minReplicas": spec.replicas.min, "maxReplicas": spec.replicas.max,
+        "metrics": [{"type": "Pods", "pods": {
+            "metric": {"name": name},
+            "target": {"type": "AverageValue", "averageValue": quantity(target)}}}
+            for name, target in spec.scale_targets.items()],
+        "behavior": _behavior(spec),
+    })
 
 
 def keda_query(spec: DeploymentSpec, metric: str) -> str:
@@ -118,22 +119,17 @@ def keda_query(spec: DeploymentSpec, metric: str) -> str:
 
 def scaled_object(spec: DeploymentSpec) -> dict:
     # AverageValue: KEDA's HPA divides the summed query by the replicas, as the Pods HPA does.
-    return {
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-        "metadata": _meta(spec, serving.workload_name(spec)),
-        "spec": {
-            "scaleTargetRef": _target_ref(spec),
-            "minReplicaCount": spec.replicas.min, "maxReplicaCount": spec.replicas.max,
-            "pollingInterval": KEDA_POLLING_S,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
-            "triggers": [{
-                "type": "prometheus", "name": metric.replace(":", "-").replace("_", "-"),
-                "metricType": "AverageValue",
-                "metadata": {"serverAddress": spec.autoscaling.prometheus_url or "",
-                             "query": keda_query(spec, metric), "threshold": str(target)},
-            } for metric, target in spec.scale_targets.items()],
-        },
-    }
+    return _scaler(spec, "keda.sh/v1alpha1", "ScaledObject", {
+        "minReplicaCount": spec.replicas.min, "maxReplicaCount": spec.replicas.max,
+        "pollingInterval": KEDA_POLLING_S,
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
+        "triggers": [{
+            "type": "prometheus", "name": metric.replace(":", "-").replace("_", "-"),
+            "metricType": "AverageValue",
+            "metadata": {"serverAddress": spec.autoscaling.prometheus_url or "",
+                         "query": keda_query(spec, metric), "threshold": str(target)},
+        } for metric, target in spec.scale_targets.items()],
+    })
 
 
 def autoscaling_objects(spec: DeploymentSpec, resolved: str | None = None) -> list[dict]:
