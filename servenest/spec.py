@@ -316,8 +316,8 @@ class AutoscalingSpec(_Strict):
         "and prometheus_url is set, else hpa.")
     targets: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
         None, description="Engine metric -> target average per pod; must include the engine's queue "
-        "depth (vllm:num_requests_waiting); KV-cache use (vllm:kv_cache_usage_perc, 0-1) is optional. "
-        "Default: queue depth 5.")
+        "depth (vllm:num_requests_waiting); KV-cache use (0-1: vllm:kv_cache_usage_perc from vLLM 0.9, "
+        "vllm:gpu_cache_usage_perc before, as in the default image) is optional. Default: queue depth 5.")
     prometheus_url: str | None = Field(
         None, description="Prometheus HTTP API KEDA queries (Managed Service for Prometheus' endpoint).")
     scale_down_window_s: int = Field(
@@ -339,6 +339,10 @@ ENGINE_GAUGES: dict[str, dict[str, str]] = {
     "sglang": {"waiting": "sglang:num_queue_reqs", "running": "sglang:num_running_reqs",
                "kv_usage": "sglang:token_usage"},
 }
+# vLLM's KV-cache gauge was vllm:gpu_cache_usage_perc until 0.9 renamed it (vllm-project/vllm
+# #18354); 0.12 removed the old name (#29330).
+VLLM_OLD_KV_GAUGE = "vllm:gpu_cache_usage_perc"
+DEFAULT_VLLM_IMAGE_VERSION = "0.7.2"  # the tag of servenest.cloud.scripts.DEFAULT_IMAGES["vllm"]
 DEFAULT_QUEUE_TARGET = 5.0  # waiting requests per pod before another replica is worth a model load
 
 
@@ -441,12 +445,19 @@ class DeploymentSpec(_Strict):
         if self.replicas.min == self.replicas.max:
             return
         gauges = ENGINE_GAUGES[self.engine.kind]
-        exposed = tuple(gauges.values())
+        exposed, engine = [gauges["waiting"], gauges["running"], gauges["kv_usage"]], self.engine.kind
+        version = self.vllm_version if engine == "vllm" else None
+        if version is not None:
+            engine = f"vLLM {'.'.join(map(str, version))}"
+            exposed = exposed[:2] + ([gauges["kv_usage"]] if version >= (0, 9) else []) \
+                + ([VLLM_OLD_KV_GAUGE] if version < (0, 12) else [])
+        elif self.engine.kind == "vllm":
+            exposed.append(VLLM_OLD_KV_GAUGE)  # a version we cannot tell: either name may be there
         for name, target in self.scale_targets.items():
             if name not in exposed:
-                raise ValueError(f"autoscaling.targets: {self.engine.kind} does not expose a per-pod "
+                raise ValueError(f"autoscaling.targets: {engine} does not expose a per-pod "
                                  f"gauge {name!r}; it exposes {', '.join(exposed)}")
-            if name == gauges["kv_usage"] and target > 1:
+            if name in (gauges["kv_usage"], VLLM_OLD_KV_GAUGE) and target > 1:
                 raise ValueError(f"autoscaling.targets: {name} is a fraction (0-1); {target} can never be reached")
         if gauges["waiting"] not in self.scale_targets:
             raise ValueError(f"autoscaling.targets must include the queue depth {gauges['waiting']} "
@@ -467,6 +478,18 @@ class DeploymentSpec(_Strict):
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len or self.model_info.context_length
+
+    @property
+    def vllm_version(self) -> tuple[int, int] | None:
+        """(major, minor) of the vLLM a cloud pod runs: engine.version (installed over the
+        image), else the image's tag, else the default image's; None when it cannot be told."""
+        text = self.engine.version
+        if text is None and self.engine.image is None:
+            text = DEFAULT_VLLM_IMAGE_VERSION
+        elif text is None and "vllm" in self.engine.image.rsplit("/", 1)[-1].split(":")[0]:
+            text = self.engine.image.rsplit(":", 1)[-1]
+        found = re.match(r"^v?(\d+)\.(\d+)", text or "")
+        return (int(found.group(1)), int(found.group(2))) if found else None
 
     @property
     def autoscaled(self) -> bool:

@@ -13,7 +13,7 @@ from tests.unit.test_k8s_fluid import crd_schema
 from tests.unit.test_k8s_serving import K8S_VERSION
 
 SCALED = {"replicas": {"min": 1, "max": 4}}
-KV = {"vllm:num_requests_waiting": 3, "vllm:kv_cache_usage_perc": 0.8}
+KV = {"vllm:num_requests_waiting": 3, "vllm:gpu_cache_usage_perc": 0.8}  # the default image's vLLM 0.7
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_hpa_and_pod_monitor_validate_and_follow_the_ack_guide(qwq):
     assert (s["minReplicas"], s["maxReplicas"]) == (1, 4)
     assert [(m["type"], m["pods"]["metric"]["name"], m["pods"]["target"]) for m in s["metrics"]] == [
         ("Pods", "vllm:num_requests_waiting", {"type": "AverageValue", "averageValue": "3"}),
-        ("Pods", "vllm:kv_cache_usage_perc", {"type": "AverageValue", "averageValue": "800m"}),
+        ("Pods", "vllm:gpu_cache_usage_perc", {"type": "AverageValue", "averageValue": "800m"}),
     ]
     # The adapter serves each metric under the very name the HPA asks for.
     assert [r["name"]["as"] for r in autoscaling.adapter_rules(qwq)] == list(KV)
