@@ -17,8 +17,10 @@ validation, the checks callers most often get wrong) and fault injection
 (:class:`KubeFaults`). Engine metrics are emulated too: :meth:`KubeEmulator.set_pod_metric`
 (or ``POST /__emulator/pod-metrics``) gives matching pods a gauge, served per pod on the
 Custom Metrics API (``/apis/custom.metrics.k8s.io/v1beta1``, as a metrics adapter would) and
-read by the controller's HorizontalPodAutoscaler. A CRD (or the metrics API) can be taken
-away with :meth:`KubeEmulator.uninstall`, as on a cluster without that add-on.
+read by the controller's HorizontalPodAutoscaler; :meth:`KubeEmulator.prometheus_query`
+answers KEDA's ``sum(metric{label="value"})`` over what the PodMonitors scrape (their
+relabelings applied). A CRD (or the metrics API) can be taken away with
+:meth:`KubeEmulator.uninstall`, as on a cluster without that add-on.
 
 What it does not: TLS, RBAC, managed fields and field ownership (server-side apply is a
 JSON merge patch; strategic merge is too), finalizers, deletion propagation policies
@@ -27,8 +29,9 @@ default is to orphan them), list pagination, delete collections, real scheduling
 networking or containers. :class:`KubeController` plays the
 controllers and kubelets in discrete :meth:`KubeController.step` passes: Deployments and
 LeaderWorkerSets own their pods directly (no ReplicaSets or StatefulSets), updates are
-Recreate rather than rolling, Jobs run one pod at a time, and HorizontalPodAutoscalers act
-on ``Pods`` metrics only (KEDA's ScaledObjects are stored, not acted on).
+Recreate rather than rolling, Jobs run one pod at a time, HorizontalPodAutoscalers act on
+``Pods`` and ``External`` metrics, and KEDA turns each ScaledObject into its ``keda-hpa-<name>``
+with one External metric per Prometheus trigger.
 """
 
 from __future__ import annotations
@@ -526,6 +529,41 @@ class KubeEmulator:
                     out[pod["metadata"]["name"]] = load.value if load.total is None \
                         else load.total / len(pods)
             return out
+
+    def prometheus_query(self, query: str) -> float | None:
+        """Prometheus for the one query shape KEDA's triggers send here, ``sum(metric{k="v",...})``,
+        over the series the PodMonitors scrape; None when no series matches."""
+        found = re.fullmatch(r'\s*sum\(\s*([A-Za-z_:][\w:]*)\s*(?:\{(.*)\})?\s*\)\s*', query)
+        if not found:
+            raise ValueError(f"the emulated Prometheus answers sum(metric{{...}}) only, not {query!r}")
+        wanted = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', found.group(2) or ""))
+        values = [v for labels, v in self._scraped(found.group(1))
+                  if all(labels.get(k) == want for k, want in wanted.items())]
+        return sum(values) if values else None
+
+    def _scraped(self, metric: str) -> list[tuple[dict[str, str], float]]:
+        """(series labels, value) as Prometheus would hold them after each PodMonitor's scrape."""
+        out = []
+        for monitor in self.list("podmonitors"):
+            spec = monitor.get("spec") or {}
+            wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+            spaces = (spec.get("namespaceSelector") or {}).get("matchNames") or [monitor["metadata"]["namespace"]]
+            for ns in spaces:
+                pods = {p["metadata"]["name"]: p for p in self.list("pods", ns)}
+                values = self.pod_metrics(ns, metric, lambda p, w=wanted: all(
+                    _labels(p).get(k) == v for k, v in w.items()))
+                for name, value in values.items():
+                    meta = {"__meta_kubernetes_pod_name": name, "__meta_kubernetes_namespace": ns, **{
+                        "__meta_kubernetes_pod_label_" + re.sub(r"[^A-Za-z0-9_]", "_", k): v
+                        for k, v in _labels(pods[name]).items()}}
+                    labels = {"namespace": ns, "pod": name}
+                    for endpoint in spec.get("podMetricsEndpoints") or []:
+                        for rule in endpoint.get("relabelings") or []:
+                            if rule.get("action", "replace").lower() == "replace" and rule.get("targetLabel"):
+                                labels[rule["targetLabel"]] = ";".join(
+                                    meta.get(src, "") for src in rule.get("sourceLabels") or [])
+                    out.append((labels, value))
+        return out
 
     def set_pod_log(self, namespace: str, pod: str, text: str, previous: bool = False) -> None:
         with self.lock:
@@ -1165,7 +1203,8 @@ class KubeController:
             self._namespaces()
             self._collect_garbage()
             for plural, reconcile in (
-                ("horizontalpodautoscalers", self._hpa), ("deployments", self._deployment), ("leaderworkersets", self._lws),
+                ("scaledobjects", self._keda), ("horizontalpodautoscalers", self._hpa),
+                ("deployments", self._deployment), ("leaderworkersets", self._lws),
                 ("jobs", self._job), ("jindoruntimes", self._runtime),
                 ("datasets", self._dataset), ("dataloads", self._dataload),
                 ("services", self._service),
@@ -1371,10 +1410,57 @@ class KubeController:
         wanted = ((target.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         return lambda pod: all(_labels(pod).get(k) == v for k, v in wanted.items())
 
+    def _keda(self, scaled: dict) -> None:
+        """KEDA's operator: the ScaledObject's HPA, one External metric per trigger."""
+        spec, meta = scaled.get("spec") or {}, scaled["metadata"]
+        name = meta["name"]
+        ref = {"apiVersion": "apps/v1", "kind": "Deployment", **(spec.get("scaleTargetRef") or {})}
+        behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior")
+        hpa_spec = {
+            "scaleTargetRef": ref, "minReplicas": int(spec.get("minReplicaCount", 1)),
+            "maxReplicas": int(spec.get("maxReplicaCount", 100)),
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": f"s{i}-{t.get('type')}",
+                           "selector": {"matchLabels": {"scaledobject.keda.sh/name": name}}},
+                "target": {"type": "AverageValue", "averageValue": str((t.get("metadata") or {}).get(
+                    "threshold", "1"))}}} for i, t in enumerate(spec.get("triggers") or [])],
+            **({"behavior": behavior} if behavior else {})}
+        hpa_name = f"keda-hpa-{name}"
+        current = self.emu.get("horizontalpodautoscalers", meta["namespace"], hpa_name)
+        if current is None or current.get("spec") != hpa_spec:
+            self.emu.put({
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "spec": hpa_spec,
+                "status": (current or {}).get("status") or {"currentReplicas": 0, "desiredReplicas": 0},
+                "metadata": {
+                    "name": hpa_name, "namespace": meta["namespace"],
+                    "labels": {**(meta.get("labels") or {}), "app.kubernetes.io/managed-by": "keda-operator",
+                               "scaledobject.keda.sh/name": name},
+                    "ownerReferences": [{"apiVersion": scaled["apiVersion"], "kind": "ScaledObject",
+                                         "name": name, "uid": meta["uid"], "controller": True,
+                                         "blockOwnerDeletion": True}]}})
+        self._set_status(scaled, {"hpaName": hpa_name, "scaleTargetKind": f"{ref['apiVersion']}.{ref['kind']}",
+                                  "conditions": [_condition((scaled.get("status") or {}).get("conditions"),
+                                                            "Ready", True, "ScaledObjectReady",
+                                                            "ScaledObject is defined correctly and is ready for scaling")]})
+
+    def _external(self, ns: str, metric: dict) -> float | None:
+        """KEDA's metrics server: s<i>-<type> of a ScaledObject is its trigger i, run now."""
+        owner = ((metric.get("selector") or {}).get("matchLabels") or {}).get("scaledobject.keda.sh/name")
+        scaled = self.emu.get("scaledobjects", ns, owner or "")
+        index = re.match(r"^s(\d+)-", metric.get("name", ""))
+        triggers = ((scaled or {}).get("spec") or {}).get("triggers") or []
+        if not index or int(index.group(1)) >= len(triggers):
+            return None
+        trigger = triggers[int(index.group(1))]
+        if trigger.get("type") != "prometheus":
+            return None
+        return self.emu.prometheus_query((trigger.get("metadata") or {}).get("query", ""))
+
     def _hpa(self, hpa: dict) -> None:
-        """The HPA controller on ``Pods`` metrics: desired = ceil(current * average / target)
-        per metric (no change within the tolerance), the largest wins, clamped to min/max and
-        stabilized by ``behavior`` (scale-down looks back 300 s unless told otherwise)."""
+        """The HPA controller on ``Pods`` and ``External`` metrics: desired = ceil(current *
+        value / target) per metric (no change within the tolerance; an External AverageValue
+        target is per replica), the largest wins, clamped to min/max and stabilized by
+        ``behavior`` (scale-down looks back 300 s unless told otherwise)."""
         spec, meta = hpa.get("spec") or {}, hpa["metadata"]
         ns, ref = meta["namespace"], spec.get("scaleTargetRef") or {}
         res = _BY_KIND.get((ref.get("apiVersion"), ref.get("kind")))
@@ -1390,17 +1476,27 @@ class KubeController:
         match = self._scale_selector(target)
         proposals, observed = [], []
         for m in spec.get("metrics") or []:
-            if m.get("type") != "Pods":
+            if m.get("type") == "Pods":
+                name = m["pods"]["metric"]["name"]
+                values = self.emu.pod_metrics(ns, name, match)
+                if not values:
+                    continue
+                average = sum(values.values()) / len(values)
+                ratio = average / parse_quantity(m["pods"]["target"]["averageValue"])
+                observed.append({"type": "Pods", "pods": {"metric": {"name": name},
+                                                          "current": {"averageValue": _milli(average)}}})
+            elif m.get("type") == "External":
+                total = self._external(ns, m["external"]["metric"])
+                if total is None or current == 0:
+                    continue
+                target_value = m["external"]["target"]
+                ratio = total / parse_quantity(target_value.get("averageValue") or target_value["value"]) \
+                    / (current if target_value.get("averageValue") else 1)
+                observed.append({"type": "External", "external": {
+                    "metric": m["external"]["metric"], "current": {"averageValue": _milli(total / current)}}})
+            else:
                 continue
-            name = m["pods"]["metric"]["name"]
-            values = self.emu.pod_metrics(ns, name, match)
-            if not values:
-                continue
-            average = sum(values.values()) / len(values)
-            ratio = average / parse_quantity(m["pods"]["target"]["averageValue"])
             proposals.append(current if abs(1 - ratio) <= HPA_TOLERANCE else math.ceil(current * ratio))
-            observed.append({"type": "Pods", "pods": {"metric": {"name": name},
-                                                      "current": {"averageValue": _milli(average)}}})
         if current == 0:  # scaled to zero by hand: the HPA leaves it alone
             return
         desired = self._stabilize(hpa, min(max(max(proposals, default=current), lo), hi), current)

@@ -421,3 +421,20 @@ def test_teardown_removes_the_autoscaler_before_the_workload(ack, kube, controll
     order = [c.path.split("/")[-2] for c in kube.calls if c.method == "DELETE"]
     assert order.index("horizontalpodautoscalers") < order.index("podmonitors") < order.index("deployments")
     assert kube.list("horizontalpodautoscalers", "llm-model") == [] and kube.list("podmonitors", "llm-model") == []
+
+
+def test_a_keda_scaled_object_scales_the_deployment_through_prometheus(ack, kube, controller):
+    topo = ack(replicas={"min": 1, "max": 3}, autoscaling={
+        "autoscaler": "keda", "prometheus_url": "http://prom:9090", "scale_down_window_s": 0})
+    assert topo.preflight()["autoscaler"] == "keda"
+    topo.stage_weights()
+    topo.launch(KEY)
+    assert kube.get("scaledobjects", "llm-model", "unit-test") is not None
+    assert kube.get("horizontalpodautoscalers", "llm-model", "unit-test") is None  # KEDA makes its own
+    wait_for(lambda: kube.get("horizontalpodautoscalers", "llm-model", "keda-hpa-unit-test"))
+    wait_for(lambda: topo.status().detail.startswith("Deployment unit-test: 1/1 pods ready"))
+    kube.set_pod_metric("llm-model", "vllm:num_requests_waiting",
+                        selector=serving.serving_selector(topo.spec), total=14)
+    wait_for(lambda: kube.get("deployments", "llm-model", "unit-test")["spec"]["replicas"] == 3)
+    topo.teardown()
+    assert kube.list("scaledobjects", "llm-model") == [] and kube.list("horizontalpodautoscalers", "llm-model") == []

@@ -725,3 +725,34 @@ def test_an_add_on_can_be_missing(emu, custom):
         "GET", "/apis/custom.metrics.k8s.io/v1beta1", auth_settings=["BearerToken"]))
     response.read()
     assert response.status == 404
+
+
+def test_keda_makes_its_hpa_and_scales_on_the_prometheus_query(emu, api, custom):
+    ctl = KubeController(emu)
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_deployment("default", deployment("web"))
+    custom.create_namespaced_custom_object("monitoring.coreos.com", "v1", "default", "podmonitors", {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "podMetricsEndpoints": [{"port": "http", "relabelings": [
+            {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_app"], "targetLabel": "app"}]}]}})
+    custom.create_namespaced_custom_object("keda.sh", "v1alpha1", "default", "scaledobjects", {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": {"name": "web"}, "minReplicaCount": 1, "maxReplicaCount": 4,
+                 "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                     "scaleDown": {"stabilizationWindowSeconds": 0}}}},
+                 "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+                     "serverAddress": "http://prometheus:9090", "threshold": "5",
+                     "query": f'sum({WAITING}{{app="web"}})'}}]}})
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas)
+    made = client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler("keda-hpa-web", "default")
+    assert made.spec.metrics[0].external.metric.name == "s0-prometheus"
+    assert made.metadata.owner_references[0].kind == "ScaledObject"
+    # 12 waiting in all, 5 per replica: ceil(12 / 5) = 3 replicas, and the total stays 12.
+    set_queue(emu, {"app": "web"}, total=12)
+    assert emu.prometheus_query(f'sum({WAITING}{{app="web"}})') == 12
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").spec.replicas == 3)
+    for _ in range(3):
+        ctl.step()
+    assert apps.read_namespaced_deployment("web", "default").spec.replicas == 3
+    custom.delete_namespaced_custom_object("keda.sh", "v1alpha1", "default", "scaledobjects", "web")
+    settle(ctl, lambda: emu.get("horizontalpodautoscalers", "default", "keda-hpa-web") is None)
