@@ -5,8 +5,9 @@ Pure functions of the spec; :mod:`servenest.topology.ack` applies them in order.
 
 - The weights live on OSS (``weights.oss_uri``) and reach pods through the Fluid Dataset's
   PVC, mounted read-only at ``/llm-model`` as in the seed's benchmark Deployment.
-- A model that fits one pod runs as a Deployment of one pod (TP = GPUs per pod); more pods
-  (``cloud.nodes`` > 1, DeepSeek-R1/V3 671B) run as a LeaderWorkerSet group: the leader
+- A model that fits one pod runs as a Deployment (TP = GPUs per pod; ``replicas.min`` pods,
+  more as :mod:`servenest.k8s.autoscaling` scales it); more pods per replica
+  (``cloud.nodes`` > 1, DeepSeek-R1/V3 671B) run as LeaderWorkerSet groups: the leader
   starts the Ray head and the engine with TP x PP, workers join its Ray cluster (vLLM's
   ``docs/deployment/frameworks/lws.md``).
 - GPU pods carry ACS's GPU labels (``alibabacloud.com/compute-class: gpu`` and

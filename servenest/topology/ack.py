@@ -11,8 +11,9 @@ What seed 003 does by hand on a jump server with kubectl, as the topology interf
   unless OSS holds a verified copy (skipped outright when the Job of this revision already
   finished); Fluid Dataset + JindoRuntime, then a DataLoad whose phase drives the progress
   artifact (not created again when the DataLoad of this revision completed).
-- **launch**: API-key Secret, the Deployment or LeaderWorkerSet, the Services; waits for the
-  load balancers' addresses.
+- **launch**: API-key Secret, the Deployment or LeaderWorkerSet, the Services, and with
+  ``replicas.max`` > ``replicas.min`` a PodMonitor and an HPA or KEDA ScaledObject (preflight
+  chose which); waits for the load balancers' addresses.
 - **status/logs/diagnostics**: pods, restarts (a crash loop is a dead engine), last logs.
 - **teardown**: by label, in an order that releases the load balancers first and never
   leaves pods reading a dataset being deleted; waits for each kind to be gone; deletes the
