@@ -10,6 +10,7 @@ from servenest.timing import StageTimer
 from servenest.topology import open_topology
 from tasks.artifacts import publish_stage_timings
 from tasks.infrastructure import preflight, provision_infrastructure
+from tasks.quota import check_scaling_quota
 from tasks.secrets import load_api_key
 from tasks.shell import prefect_shell_runner
 from tasks.spec import check_spec
@@ -46,6 +47,7 @@ def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: b
             with timer.stage("price"):
                 estimate = estimate_cost(topology)
                 check_budget(spec, estimate)
+                check_scaling_quota(spec)
             if spec.cloud.require_approval:
                 with timer.stage("approval"):
                     approve_spend(spec, estimate)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from servenest.spec import DeploymentSpec
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -47,3 +49,23 @@ def choose_placement(
     unguarded = tuple(sorted(k for k in demand if limits.get(k) is None))
     spend = f"{(live_hourly or 0) + new_hourly:.2f} {currency}/hour while both run"
     return Placement(True, f"budget allows two copies ({spend})", unguarded)
+
+
+def scaling_demand(spec: DeploymentSpec) -> dict[str, int]:
+    """GPUs the autoscaler may add beyond ``replicas.min`` (ack), by kind."""
+    if not spec.autoscaled or not spec.cloud.gpu_kind:
+        return {}
+    per_replica = (spec.cloud.gpus_per_node or 1) * spec.cloud.nodes
+    return {spec.cloud.gpu_kind: per_replica * (spec.replicas.max - spec.replicas.min)}
+
+
+def scaling_quota_problem(spec: DeploymentSpec, limits: dict[str, int | None]) -> str | None:
+    """Why ``replicas.max`` is beyond the spare GPU quota, if it is (a missing limit: unchecked)."""
+    for kind, extra in sorted(scaling_demand(spec).items()):
+        limit = limits.get(kind)
+        if limit is not None and extra > limit:
+            return (f"{spec.name}: replicas.max {spec.replicas.max} may add {extra} {kind} GPUs beyond "
+                    f"replicas.min {spec.replicas.min}, but the quota limit {gpu_limit_name(kind)} allows "
+                    f"{limit}; lower replicas.max or raise the limit (prefect gcl update "
+                    f"{gpu_limit_name(kind)} --limit N) after raising the account's quota")
+    return None

@@ -295,6 +295,57 @@ class BenchmarkSpec(_Strict):
         return self
 
 
+class ReplicasSpec(_Strict):
+    min: int = Field(1, ge=1, le=64, description="Replicas (pods, or LeaderWorkerSet groups) kept running.")
+    max: int = Field(1, ge=1, le=64, description="Replicas the autoscaler may add up to (ack only).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicasSpec:
+        if self.max < self.min:
+            raise ValueError(f"replicas.max ({self.max}) is below replicas.min ({self.min})")
+        return self
+
+
+class AutoscalingSpec(_Strict):
+    """How an ack deployment scales between replicas.min and replicas.max (ACK's guide
+    "Configure auto scaling for standalone or distributed LLM inference services")."""
+
+    autoscaler: Literal["hpa", "keda", "auto"] = Field(
+        "auto", description="hpa: PodMonitor -> ack-alibaba-cloud-metrics-adapter -> HPA on Pods "
+        "metrics; keda: a KEDA ScaledObject querying Prometheus; auto: KEDA where the cluster has it "
+        "and prometheus_url is set, else hpa.")
+    targets: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="Engine metric -> target average per pod; must include the engine's queue "
+        "depth (vllm:num_requests_waiting); KV-cache use (0-1: vllm:kv_cache_usage_perc from vLLM 0.9, "
+        "vllm:gpu_cache_usage_perc before, as in the default image) is optional. Default: queue depth 5.")
+    prometheus_url: str | None = Field(
+        None, description="Prometheus HTTP API KEDA queries (Managed Service for Prometheus' endpoint).")
+    scale_down_window_s: int = Field(
+        300, ge=0, le=3600, description="Scale-down stabilization: a new replica costs a model load.")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError(f"autoscaling.prometheus_url {url!r} must be an http(s) URL")
+        return url
+
+
+# The per-pod gauges each engine's /metrics exposes: what autoscaling may target
+# (servenest.engines' adapters take their metric names from here).
+ENGINE_GAUGES: dict[str, dict[str, str]] = {
+    "vllm": {"waiting": "vllm:num_requests_waiting", "running": "vllm:num_requests_running",
+             "kv_usage": "vllm:kv_cache_usage_perc"},
+    "sglang": {"waiting": "sglang:num_queue_reqs", "running": "sglang:num_running_reqs",
+               "kv_usage": "sglang:token_usage"},
+}
+# vLLM's KV-cache gauge was vllm:gpu_cache_usage_perc until 0.9 renamed it (vllm-project/vllm
+# #18354); 0.12 removed the old name (#29330).
+VLLM_OLD_KV_GAUGE = "vllm:gpu_cache_usage_perc"
+DEFAULT_VLLM_IMAGE_VERSION = "0.7.2"  # the tag of servenest.cloud.scripts.DEFAULT_IMAGES["vllm"]
+DEFAULT_QUEUE_TARGET = 5.0  # waiting requests per pod before another replica is worth a model load
+
+
 class DeploymentSpec(_Strict):
     name: str = Field(..., description="Deployment name: lowercase letters, digits, dashes.")
     model: str = Field(..., description="Catalog model id, e.g. Qwen/Qwen3-8B.")
@@ -309,6 +360,8 @@ class DeploymentSpec(_Strict):
     local: LocalSpec = Field(default_factory=LocalSpec)
     health: HealthSpec = Field(default_factory=HealthSpec)
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
 
     @field_validator("name")
     @classmethod
@@ -354,6 +407,7 @@ class DeploymentSpec(_Strict):
             raise ValueError("topology ecs-single runs on 1 instance (cloud.nodes: 1)")
         if self.topology == "ack":
             self._check_ack()
+        self._check_scaling()
         if self.engine.max_model_len and self.engine.max_model_len > self.model_info.context_length:
             raise ValueError(
                 f"engine.max_model_len {self.engine.max_model_len} exceeds {self.model}'s "
@@ -384,6 +438,34 @@ class DeploymentSpec(_Strict):
             raise ValueError("topology ack needs cloud.cluster_id (an existing cluster), or "
                              "cloud.instance_types and cloud.zones for the GPU node pool of a new one")
 
+    def _check_scaling(self) -> None:
+        if self.replicas.max > 1 and self.topology != "ack":
+            raise ValueError(f"replicas.max > 1 autoscales pods on topology ack; topology {self.topology} "
+                             "runs one copy (set replicas.max: 1)")
+        if self.replicas.min == self.replicas.max:
+            return
+        gauges = ENGINE_GAUGES[self.engine.kind]
+        exposed, engine = [gauges["waiting"], gauges["running"], gauges["kv_usage"]], self.engine.kind
+        version = self.vllm_version if engine == "vllm" else None
+        if version is not None:
+            engine = f"vLLM {'.'.join(map(str, version))}"
+            exposed = exposed[:2] + ([gauges["kv_usage"]] if version >= (0, 9) else []) \
+                + ([VLLM_OLD_KV_GAUGE] if version < (0, 12) else [])
+        elif self.engine.kind == "vllm":
+            exposed.append(VLLM_OLD_KV_GAUGE)  # a version we cannot tell: either name may be there
+        for name, target in self.scale_targets.items():
+            if name not in exposed:
+                raise ValueError(f"autoscaling.targets: {engine} does not expose a per-pod "
+                                 f"gauge {name!r}; it exposes {', '.join(exposed)}")
+            if name in (gauges["kv_usage"], VLLM_OLD_KV_GAUGE) and target > 1:
+                raise ValueError(f"autoscaling.targets: {name} is a fraction (0-1); {target} can never be reached")
+        if gauges["waiting"] not in self.scale_targets:
+            raise ValueError(f"autoscaling.targets must include the queue depth {gauges['waiting']} "
+                             "(waiting requests per pod)")
+        if self.autoscaling.autoscaler == "keda" and not self.autoscaling.prometheus_url:
+            raise ValueError("autoscaling.autoscaler keda queries Prometheus: set autoscaling.prometheus_url "
+                             "(the Managed Service for Prometheus HTTP API endpoint)")
+
     # -- derived values ---------------------------------------------------------------
     @property
     def model_info(self) -> ModelInfo:
@@ -396,6 +478,29 @@ class DeploymentSpec(_Strict):
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len or self.model_info.context_length
+
+    @property
+    def vllm_version(self) -> tuple[int, int] | None:
+        """(major, minor) of the vLLM a cloud pod runs: engine.version (installed over the
+        image), else the image's tag, else the default image's; None when it cannot be told."""
+        text = self.engine.version
+        if text is None and self.engine.image is None:
+            text = DEFAULT_VLLM_IMAGE_VERSION
+        elif text is None and "vllm" in self.engine.image.rsplit("/", 1)[-1].split(":")[0]:
+            text = self.engine.image.rsplit(":", 1)[-1]
+        found = re.match(r"^v?(\d+)\.(\d+)", text or "")
+        return (int(found.group(1)), int(found.group(2))) if found else None
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.replicas.max > self.replicas.min
+
+    @property
+    def scale_targets(self) -> dict[str, float]:
+        """Metric -> target average per pod (the engine's queue depth by default)."""
+        if self.autoscaling.targets is not None:
+            return dict(self.autoscaling.targets)
+        return {ENGINE_GAUGES[self.engine.kind]["waiting"]: DEFAULT_QUEUE_TARGET}
 
     @property
     def weights_repo(self) -> str:

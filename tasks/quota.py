@@ -14,7 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from servenest.errors import ServeNestError
-from servenest.redeploy import gpu_limit_name
+from servenest.redeploy import gpu_limit_name, scaling_demand, scaling_quota_problem
+from servenest.spec import DeploymentSpec
 
 
 class QuotaBusyError(ServeNestError):
@@ -34,6 +35,21 @@ def read_gpu_limits(demand: dict[str, int]) -> dict[str, int | None]:
             except ObjectNotFound:
                 limits[kind] = None
     return limits
+
+
+class ScalingQuotaError(ServeNestError):
+    """replicas.max could take more GPUs than the quota has to spare."""
+
+
+@task(name="check-scaling-quota", cache_policy=NO_CACHE)
+def check_scaling_quota(spec: DeploymentSpec) -> None:
+    """Before any spend: what the autoscaler may add fits the spare GPU quota."""
+    demand = scaling_demand(spec)
+    if not demand:
+        return
+    problem = scaling_quota_problem(spec, read_gpu_limits.fn(demand))
+    if problem:
+        raise ScalingQuotaError(problem)
 
 
 @contextmanager

@@ -240,12 +240,24 @@ ACK_SERVICE_CIDR = "172.21.0.0/20"
 ACK_CONTAINER_CIDR = "172.20.0.0/16"
 # ACK add-ons the ack topology needs: Fluid warms the weights; LeaderWorkerSet runs groups.
 ACK_ADDONS = ("flannel", "ack-fluid", "lws")
+# Managed Service for Prometheus' agent, which brings the PodMonitor CRD autoscaling scrapes
+# the engine through (www.alibabacloud.com/help/doc-detail/291402.htm).
+PROMETHEUS_ADDON = "ack-arms-prometheus"
 
 
-def render_ack_cluster(spec: DeploymentSpec) -> dict[str, Any]:
+def render_ack_cluster(spec: DeploymentSpec, *, at_max: bool = False) -> dict[str, Any]:
     """VPC, VSwitch and an ACK managed cluster whose node pool holds ``cloud.nodes`` GPU
-    instances of ``cloud.instance_types`` (ROS places the first type it can get)."""
+    instances of ``cloud.instance_types`` per replica (ROS places the first type it can get):
+    ``replicas.min`` replicas' worth, growing to ``replicas.max``'s when autoscaled (``at_max``:
+    the pool at its ceiling, which is what the budget must cover)."""
     c = spec.cloud
+    count = c.nodes * (spec.replicas.max if at_max else spec.replicas.min)
+    pool: dict[str, Any] = {"NodePoolInfo": {"Name": "servenest-gpu"}, "Count": count}
+    if spec.autoscaled and not at_max:
+        # The node pool grows with the pods the HPA adds (ROS ALIYUN::CS::ClusterNodePool's
+        # AutoScaling map, www.alibabacloud.com/help/doc-detail/312325.htm).
+        pool["AutoScaling"] = {"Enable": True, "Type": "gpu", "MinInstances": count,
+                               "MaxInstances": c.nodes * spec.replicas.max}
     if not c.zones:
         raise ValueError("creating an ACK cluster needs cloud.zones (the zone of its VSwitch)")
     tags = [{"Key": "servenest:deployment", "Value": spec.name}, {"Key": "servenest:managed", "Value": "true"}]
@@ -267,10 +279,10 @@ def render_ack_cluster(spec: DeploymentSpec) -> dict[str, Any]:
                     "VSwitchIds": [vswitch],
                     "ServiceCidr": ACK_SERVICE_CIDR,
                     "ContainerCidr": ACK_CONTAINER_CIDR,
-                    "Addons": [{"Name": name} for name in ACK_ADDONS],
+                    "Addons": [{"Name": name} for name in ACK_ADDONS + (
+                        (PROMETHEUS_ADDON,) if spec.autoscaled else ())],
                     "NodePools": [{
-                        "NodePoolInfo": {"Name": "servenest-gpu"},
-                        "Count": c.nodes,
+                        **pool,
                         "ScalingGroup": {
                             "VSwitchIds": [vswitch], "InstanceTypes": list(c.instance_types),
                             "SystemDiskCategory": c.disk_category, "SystemDiskSize": c.system_disk_gb,
@@ -285,5 +297,5 @@ def render_ack_cluster(spec: DeploymentSpec) -> dict[str, Any]:
     }
 
 
-def render_ack_cluster_yaml(spec: DeploymentSpec) -> str:
-    return yaml.dump(render_ack_cluster(spec), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)
+def render_ack_cluster_yaml(spec: DeploymentSpec, *, at_max: bool = False) -> str:
+    return yaml.dump(render_ack_cluster(spec, at_max=at_max), Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120)

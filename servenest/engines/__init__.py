@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from servenest.spec import DeploymentSpec
+from servenest.spec import ENGINE_GAUGES, DeploymentSpec
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,9 @@ VLLM = EngineAdapter(
     kind="vllm",
     module="vllm.entrypoints.openai.api_server",
     key_env="VLLM_API_KEY",
-    running_metric="vllm:num_requests_running",
-    waiting_metric="vllm:num_requests_waiting",
-    kv_usage_metric="vllm:kv_cache_usage_perc",
+    running_metric=ENGINE_GAUGES["vllm"]["running"],
+    waiting_metric=ENGINE_GAUGES["vllm"]["waiting"],
+    kv_usage_metric=ENGINE_GAUGES["vllm"]["kv_usage"],
 )
 SGLANG = EngineAdapter(
     kind="sglang",
@@ -66,9 +66,9 @@ SGLANG = EngineAdapter(
     # from a root-only file mounted read-only and passes it from this variable, so it never
     # appears in templates, `docker inspect` or ServeNest's logs.
     key_env="SGLANG_API_KEY",
-    running_metric="sglang:num_running_reqs",
-    waiting_metric="sglang:num_queue_reqs",
-    kv_usage_metric="sglang:token_usage",
+    running_metric=ENGINE_GAUGES["sglang"]["running"],
+    waiting_metric=ENGINE_GAUGES["sglang"]["waiting"],
+    kv_usage_metric=ENGINE_GAUGES["sglang"]["kv_usage"],
 )
 
 ADAPTERS = {"vllm": VLLM, "sglang": SGLANG}

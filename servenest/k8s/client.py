@@ -46,7 +46,11 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "JindoRuntime": ("/apis/data.fluid.io/v1alpha1", "jindoruntimes", True),
     "DataLoad": ("/apis/data.fluid.io/v1alpha1", "dataloads", True),
     "LeaderWorkerSet": ("/apis/leaderworkerset.x-k8s.io/v1", "leaderworkersets", True),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers", True),
+    "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
+    "ScaledObject": ("/apis/keda.sh/v1alpha1", "scaledobjects", True),
 }
+CUSTOM_METRICS_API = "/apis/custom.metrics.k8s.io/v1beta1"  # served by the metrics adapter
 _ATTEMPTS = 6
 _CONFLICT_ATTEMPTS = 5
 

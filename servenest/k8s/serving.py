@@ -5,8 +5,9 @@ Pure functions of the spec; :mod:`servenest.topology.ack` applies them in order.
 
 - The weights live on OSS (``weights.oss_uri``) and reach pods through the Fluid Dataset's
   PVC, mounted read-only at ``/llm-model`` as in the seed's benchmark Deployment.
-- A model that fits one pod runs as a Deployment of one pod (TP = GPUs per pod); more pods
-  (``cloud.nodes`` > 1, DeepSeek-R1/V3 671B) run as a LeaderWorkerSet group: the leader
+- A model that fits one pod runs as a Deployment (TP = GPUs per pod; ``replicas.min`` pods,
+  more as :mod:`servenest.k8s.autoscaling` scales it); more pods per replica
+  (``cloud.nodes`` > 1, DeepSeek-R1/V3 671B) run as LeaderWorkerSet groups: the leader
   starts the Ray head and the engine with TP x PP, workers join its Ray cluster (vLLM's
   ``docs/deployment/frameworks/lws.md``).
 - GPU pods carry ACS's GPU labels (``alibabacloud.com/compute-class: gpu`` and
@@ -321,17 +322,20 @@ def _pod_template(spec: DeploymentSpec, role: str, gpu_models: list[str] | None,
     return {"metadata": meta, "spec": pod}
 
 
-def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_id: str | None = None) -> dict:
-    """The Deployment (one pod) or LeaderWorkerSet (one group of ``cloud.nodes`` pods)."""
+def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_id: str | None = None,
+             replicas: int | None = None) -> dict:
+    """The Deployment (pods) or LeaderWorkerSet (groups of ``cloud.nodes`` pods), starting at
+    ``replicas.min`` replicas (``replicas``: the count an autoscaler set, kept by a relaunch)."""
     name = workload_name(spec)
+    replicas = spec.replicas.min if replicas is None else replicas
     if workload_kind(spec) == "Deployment":
         template = _pod_template(spec, "single", gpu_models, launch_id)
         return {
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(spec, name),
             "spec": {
-                "replicas": 1,
+                "replicas": replicas,
                 "selector": {"matchLabels": serving_selector(spec)},
-                # One pod holds all the GPUs: a rolling update would need twice as many.
+                # A pod holds all of a node's GPUs: a rolling update would need twice as many.
                 "strategy": {"type": "Recreate"},
                 "template": template,
             },
@@ -339,7 +343,7 @@ def workload(spec: DeploymentSpec, gpu_models: list[str] | None = None, launch_i
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": _meta(spec, name),
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             # LeaderReady would deadlock: the leader is ready only once the workers joined.
             "startupPolicy": "LeaderCreated",
             "leaderWorkerTemplate": {

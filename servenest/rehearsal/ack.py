@@ -44,7 +44,8 @@ def objects_left(kube: KubeEmulator) -> list[str]:
     """What ServeNest created that is still in the emulated cluster."""
     out = []
     for plural in ("namespaces", "secrets", "services", "pods", "deployments", "jobs", "datasets",
-                   "jindoruntimes", "dataloads", "leaderworkersets"):
+                   "jindoruntimes", "dataloads", "leaderworkersets", "horizontalpodautoscalers",
+                   "podmonitors", "scaledobjects"):
         for obj in kube.list(plural):
             if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "servenest":
                 out.append(f"{obj['kind']}/{obj['metadata']['name']}")

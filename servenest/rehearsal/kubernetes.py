@@ -14,7 +14,13 @@ delete with Kubernetes' status codes and ``Status`` error bodies, one global
 selectors, the ``/status`` subresource, ``pods/log``, dry runs, watches with a bounded event
 history (and 410 Expired when it is outrun), a little admission (defaults, name and label
 validation, the checks callers most often get wrong) and fault injection
-(:class:`KubeFaults`).
+(:class:`KubeFaults`). Engine metrics are emulated too: :meth:`KubeEmulator.set_pod_metric`
+(or ``POST /__emulator/pod-metrics``) gives matching pods a gauge, served per pod on the
+Custom Metrics API (``/apis/custom.metrics.k8s.io/v1beta1``, as a metrics adapter would) and
+read by the controller's HorizontalPodAutoscaler; :meth:`KubeEmulator.prometheus_query`
+answers KEDA's ``sum(metric{label="value"})`` over what the PodMonitors scrape (their
+relabelings applied). A CRD (or the metrics API) can be taken away with
+:meth:`KubeEmulator.uninstall`, as on a cluster without that add-on.
 
 What it does not: TLS, RBAC, managed fields and field ownership (server-side apply is a
 JSON merge patch; strategic merge is too), finalizers, deletion propagation policies
@@ -23,7 +29,9 @@ default is to orphan them), list pagination, delete collections, real scheduling
 networking or containers. :class:`KubeController` plays the
 controllers and kubelets in discrete :meth:`KubeController.step` passes: Deployments and
 LeaderWorkerSets own their pods directly (no ReplicaSets or StatefulSets), updates are
-Recreate rather than rolling, and Jobs run one pod at a time.
+Recreate rather than rolling, Jobs run one pod at a time, HorizontalPodAutoscalers act on
+``Pods`` and ``External`` metrics, and KEDA turns each ScaledObject into its ``keda-hpa-<name>``
+with one External metric per Prometheus trigger.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import random
 import re
 import threading
@@ -100,11 +109,17 @@ RESOURCES: dict[str, Resource] = {r.plural: r for r in (
     Resource("jindoruntimes", "data.fluid.io/v1alpha1", "JindoRuntime"),
     Resource("dataloads", "data.fluid.io/v1alpha1", "DataLoad"),
     Resource("leaderworkersets", "leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
+    Resource("horizontalpodautoscalers", "autoscaling/v2", "HorizontalPodAutoscaler"),
+    Resource("podmonitors", "monitoring.coreos.com/v1", "PodMonitor"),
+    Resource("scaledobjects", "keda.sh/v1alpha1", "ScaledObject"),
 )}
+CUSTOM_METRICS = "custom.metrics.k8s.io/v1beta1"
+HPA_TOLERANCE = 0.1  # the HPA controller's default: no change within 10 % of the target
 _BY_KIND = {(r.api_version, r.kind): r for r in RESOURCES.values()}
 # Kinds without a status subresource here: a write to the object itself may set status.
 _STATUS_IN_MAIN = {"namespaces", "nodes", "secrets", "configmaps", "events"}
 _INITIAL_STATUS = {"pods": {"phase": "Pending"}, "services": {"loadBalancer": {}},
+                   "horizontalpodautoscalers": {"currentReplicas": 0, "desiredReplicas": 0},
                    "namespaces": {"phase": "Active"}}
 
 
@@ -144,6 +159,33 @@ class KubeFaults:
     gone_watches: int = 0  # next N watches: one ERROR 410 Expired event
     server_errors: dict[str, int] = field(default_factory=dict)  # plural -> next N: 500
     unavailable: int = 0  # next N requests of any kind: 503
+
+
+@dataclass
+class MetricLoad:
+    """An emulated engine gauge on the running pods of ``namespace`` matching ``selector``:
+    ``value`` on each, or ``total`` spread evenly over them (a queue shared by the replicas)."""
+
+    namespace: str
+    metric: str
+    selector: dict[str, str]
+    value: float | None = None
+    total: float | None = None
+
+
+def parse_quantity(text: Any) -> float:
+    """A Kubernetes quantity as a number ("800m" -> 0.8); the suffixes metrics use."""
+    text = str(text)
+    for suffix, scale in (("m", 1e-3), ("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * scale
+    return float(text)
+
+
+def _milli(value: float) -> str:
+    """A quantity as the API server writes it: whole numbers plain, else milli-units."""
+    milli = round(value * 1000)
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
 @dataclass
@@ -324,6 +366,8 @@ class KubeEmulator:
         self._rng = random.Random(0)
         self._cluster_ips = itertools.count(1)
         self._node_ports = itertools.count(30000)
+        self.metric_loads: dict[tuple[str, str, str], MetricLoad] = {}
+        self.uninstalled: set[str] = set()  # plurals (or CUSTOM_METRICS) that answer 404
         self._stopped = False
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -452,6 +496,75 @@ class KubeEmulator:
                 "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
                 "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
 
+    def uninstall(self, *names: str) -> None:
+        """Answer 404 for these resources (plurals) or CUSTOM_METRICS, as if not installed."""
+        with self.lock:
+            self.uninstalled.update(names)
+
+    def set_pod_metric(self, namespace: str, metric: str, *, selector: dict[str, str] | None = None,
+                       value: float | None = None, total: float | None = None) -> MetricLoad:
+        """Give the running pods matching ``selector`` the gauge ``metric`` (see MetricLoad);
+        it follows pods as they come and go."""
+        if (value is None) == (total is None):
+            raise ValueError("give exactly one of value and total")
+        load = MetricLoad(namespace, metric, dict(selector or {}), value, total)
+        with self.lock:
+            key = (namespace, metric, json.dumps(load.selector, sort_keys=True))
+            self.metric_loads[key] = load
+        return load
+
+    def pod_metrics(self, namespace: str, metric: str,
+                    match: Callable[[dict], bool] = lambda pod: True) -> dict[str, float]:
+        """pod name -> the gauge's value, over running pods that ``match``."""
+        with self.lock:
+            running = [p for p in self.list("pods", namespace)
+                       if _phase(p) == "Running" and not _deleting(p) and match(p)]
+            out: dict[str, float] = {}
+            for load in self.metric_loads.values():
+                if load.namespace != namespace or load.metric != metric:
+                    continue
+                pods = [p for p in running
+                        if all(_labels(p).get(k) == v for k, v in load.selector.items())]
+                for pod in pods:
+                    out[pod["metadata"]["name"]] = load.value if load.total is None \
+                        else load.total / len(pods)
+            return out
+
+    def prometheus_query(self, query: str) -> float | None:
+        """Prometheus for the one query shape KEDA's triggers send here, ``sum(metric{k="v",...})``,
+        over the series the PodMonitors scrape; None when no series matches."""
+        found = re.fullmatch(r'\s*sum\(\s*([A-Za-z_:][\w:]*)\s*(?:\{(.*)\})?\s*\)\s*', query)
+        if not found:
+            raise ValueError(f"the emulated Prometheus answers sum(metric{{...}}) only, not {query!r}")
+        wanted = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', found.group(2) or ""))
+        values = [v for labels, v in self._scraped(found.group(1))
+                  if all(labels.get(k) == want for k, want in wanted.items())]
+        return sum(values) if values else None
+
+    def _scraped(self, metric: str) -> list[tuple[dict[str, str], float]]:
+        """(series labels, value) as Prometheus would hold them after each PodMonitor's scrape."""
+        out = []
+        for monitor in self.list("podmonitors"):
+            spec = monitor.get("spec") or {}
+            wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+            spaces = (spec.get("namespaceSelector") or {}).get("matchNames") or [monitor["metadata"]["namespace"]]
+            for ns in spaces:
+                pods = {p["metadata"]["name"]: p for p in self.list("pods", ns)}
+                values = self.pod_metrics(ns, metric, lambda p, w=wanted: all(
+                    _labels(p).get(k) == v for k, v in w.items()))
+                for name, value in values.items():
+                    meta = {"__meta_kubernetes_pod_name": name, "__meta_kubernetes_namespace": ns, **{
+                        "__meta_kubernetes_pod_label_" + re.sub(r"[^A-Za-z0-9_]", "_", k): v
+                        for k, v in _labels(pods[name]).items()}}
+                    labels = {"namespace": ns, "pod": name}
+                    for endpoint in spec.get("podMetricsEndpoints") or []:
+                        for rule in endpoint.get("relabelings") or []:
+                            if rule.get("action", "replace").lower() == "replace" and rule.get("targetLabel"):
+                                labels[rule["targetLabel"]] = ";".join(
+                                    meta.get(src, "") for src in rule.get("sourceLabels") or [])
+                    out.append((labels, value))
+        return out
+
     def set_pod_log(self, namespace: str, pod: str, text: str, previous: bool = False) -> None:
         with self.lock:
             self._logs[(namespace, pod, previous)] = text
@@ -511,6 +624,8 @@ class KubeEmulator:
 
     def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes,
                   headers: dict[str, str]) -> tuple[int, Any, str]:
+        if path == "/__emulator/pod-metrics":  # the control endpoint, like the cloud emulator's
+            return self._metrics_control(method, body)
         with self.lock:
             if self.faults.unavailable > 0:
                 self.faults.unavailable -= 1
@@ -522,6 +637,8 @@ class KubeEmulator:
         if method == "GET" and path.rstrip("/") in ("/version", "/api", "/apis"):
             return 200, self._discovery(path.rstrip("/")), JSON
         parts = [p for p in path.split("/") if p]
+        if parts[:3] == ["apis", *CUSTOM_METRICS.split("/")] and method == "GET":
+            return 200, self._custom_metrics(parts[3:], query), JSON
         if parts[:2] == ["api", "v1"]:
             gv, rest = "v1", parts[2:]
         elif len(parts) >= 3 and parts[0] == "apis":
@@ -529,12 +646,47 @@ class KubeEmulator:
         else:
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
         res, ns, name, sub = self._route(gv, rest)
+        if res.plural in self.uninstalled:
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
         with self.lock:
             self._inject_faults(res, method, name or "")
             if method == "GET" and name is None and _truthy(query.get("watch", "")):
                 return 200, self._watch(res, ns, query), JSON
             return self._verb(method, res, ns, name, sub, query, body,
                               headers.get("content-type", JSON))
+
+    def _metrics_control(self, method: str, body: bytes) -> tuple[int, Any, str]:
+        if method == "POST":
+            try:
+                spec = json.loads(body or b"{}")
+                self.set_pod_metric(spec["namespace"], spec["metric"], selector=spec.get("selector"),
+                                    value=spec.get("value"), total=spec.get("total"))
+            except (ValueError, TypeError, KeyError) as exc:
+                return 400, {"error": f"{type(exc).__name__}: {exc}"}, JSON
+        with self.lock:
+            return 200, [vars(load) for load in self.metric_loads.values()], JSON
+
+    def _custom_metrics(self, rest: list[str], query: dict[str, str]) -> dict:
+        """The Custom Metrics API a metrics adapter serves: discovery, and pod metrics."""
+        if CUSTOM_METRICS in self.uninstalled:
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        if not rest:
+            with self.lock:
+                names = sorted({load.metric for load in self.metric_loads.values()})
+            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": CUSTOM_METRICS,
+                    "resources": [{"name": f"pods/{n}", "singularName": "", "namespaced": True,
+                                   "kind": "MetricValueList", "verbs": ["get"]} for n in names]}
+        if len(rest) != 5 or rest[0] != "namespaces" or rest[2] != "pods":
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        ns, pod, metric = rest[1], rest[3], rest[4]
+        match = _matcher(query)
+        values = self.pod_metrics(ns, metric, lambda p: match(p) and pod in ("*", p["metadata"]["name"]))
+        if not values:
+            raise KubeError(404, "NotFound", f'the server could not find the metric {metric} for pods')
+        return {"kind": "MetricValueList", "apiVersion": CUSTOM_METRICS, "metadata": {}, "items": [
+            {"describedObject": {"kind": "Pod", "namespace": ns, "name": name, "apiVersion": "/v1"},
+             "metricName": metric, "timestamp": _now(), "value": _milli(v)}
+            for name, v in sorted(values.items())]}
 
     @staticmethod
     def _route(gv: str, rest: list[str]) -> tuple[Resource, str | None, str | None, str | None]:
@@ -1009,6 +1161,7 @@ class KubeController:
         self._ticks: collections.Counter[str] = collections.Counter()  # uid -> steps seen
         self._dying: collections.Counter[str] = collections.Counter()  # uid -> steps deleting
         self._loads: dict[str, tuple[int, float, bool]] = {}  # uid -> (step, start, fails)
+        self._recommendations: dict[str, list[tuple[float, int]]] = {}  # HPA uid -> (time, replicas)
         self._noted: set[tuple[str, str]] = set()  # (uid, reason) of recorded Events
         self._rng = random.Random(1)
         self._pod_ips, self._lb_ips = itertools.count(1), itertools.count(1)
@@ -1050,6 +1203,7 @@ class KubeController:
             self._namespaces()
             self._collect_garbage()
             for plural, reconcile in (
+                ("scaledobjects", self._keda), ("horizontalpodautoscalers", self._hpa),
                 ("deployments", self._deployment), ("leaderworkersets", self._lws),
                 ("jobs", self._job), ("jindoruntimes", self._runtime),
                 ("datasets", self._dataset), ("dataloads", self._dataload),
@@ -1211,6 +1365,8 @@ class KubeController:
         self._set_status(lws, {
             "replicas": sum(1 for g in range(groups) if members[str(g)]),
             "readyReplicas": ready, "updatedReplicas": updated,
+            # The scale subresource's selector: the leaders, which serve (and expose metrics).
+            "hpaPodSelector": f"{LWS}name={name},{LWS}worker-index=0",
             "conditions": [_condition(old, "Available", ready >= groups, "AllGroupsReady"
                                       if ready >= groups else "GroupsNotReady",
                                       f"{ready}/{groups} groups are ready")],
@@ -1243,6 +1399,137 @@ class KubeController:
             status["conditions"] = [_condition(None, "Failed", True, "BackoffLimitExceeded",
                                                "Job has reached the specified backoff limit")]
         self._set_status(job, status)
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def _scale_selector(self, target: dict) -> Callable[[dict], bool]:
+        if target["kind"] == "LeaderWorkerSet":
+            labels = label_selector((target.get("status") or {}).get("hpaPodSelector")
+                                    or f"{LWS}name={target['metadata']['name']},{LWS}worker-index=0")
+            return lambda pod: labels(_labels(pod))
+        wanted = ((target.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        return lambda pod: all(_labels(pod).get(k) == v for k, v in wanted.items())
+
+    def _keda(self, scaled: dict) -> None:
+        """KEDA's operator: the ScaledObject's HPA, one External metric per trigger."""
+        spec, meta = scaled.get("spec") or {}, scaled["metadata"]
+        name = meta["name"]
+        ref = {"apiVersion": "apps/v1", "kind": "Deployment", **(spec.get("scaleTargetRef") or {})}
+        behavior = ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior")
+        hpa_spec = {
+            "scaleTargetRef": ref, "minReplicas": int(spec.get("minReplicaCount", 1)),
+            "maxReplicas": int(spec.get("maxReplicaCount", 100)),
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": f"s{i}-{t.get('type')}",
+                           "selector": {"matchLabels": {"scaledobject.keda.sh/name": name}}},
+                "target": {"type": "AverageValue", "averageValue": str((t.get("metadata") or {}).get(
+                    "threshold", "1"))}}} for i, t in enumerate(spec.get("triggers") or [])],
+            **({"behavior": behavior} if behavior else {})}
+        hpa_name = f"keda-hpa-{name}"
+        current = self.emu.get("horizontalpodautoscalers", meta["namespace"], hpa_name)
+        if current is None or current.get("spec") != hpa_spec:
+            self.emu.put({
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "spec": hpa_spec,
+                "status": (current or {}).get("status") or {"currentReplicas": 0, "desiredReplicas": 0},
+                "metadata": {
+                    "name": hpa_name, "namespace": meta["namespace"],
+                    "labels": {**(meta.get("labels") or {}), "app.kubernetes.io/managed-by": "keda-operator",
+                               "scaledobject.keda.sh/name": name},
+                    "ownerReferences": [{"apiVersion": scaled["apiVersion"], "kind": "ScaledObject",
+                                         "name": name, "uid": meta["uid"], "controller": True,
+                                         "blockOwnerDeletion": True}]}})
+        self._set_status(scaled, {"hpaName": hpa_name, "scaleTargetKind": f"{ref['apiVersion']}.{ref['kind']}",
+                                  "conditions": [_condition((scaled.get("status") or {}).get("conditions"),
+                                                            "Ready", True, "ScaledObjectReady",
+                                                            "ScaledObject is defined correctly and is ready for scaling")]})
+
+    def _external(self, ns: str, metric: dict) -> float | None:
+        """KEDA's metrics server: s<i>-<type> of a ScaledObject is its trigger i, run now."""
+        owner = ((metric.get("selector") or {}).get("matchLabels") or {}).get("scaledobject.keda.sh/name")
+        scaled = self.emu.get("scaledobjects", ns, owner or "")
+        index = re.match(r"^s(\d+)-", metric.get("name", ""))
+        triggers = ((scaled or {}).get("spec") or {}).get("triggers") or []
+        if not index or int(index.group(1)) >= len(triggers):
+            return None
+        trigger = triggers[int(index.group(1))]
+        if trigger.get("type") != "prometheus":
+            return None
+        return self.emu.prometheus_query((trigger.get("metadata") or {}).get("query", ""))
+
+    def _hpa(self, hpa: dict) -> None:
+        """The HPA controller on ``Pods`` and ``External`` metrics: desired = ceil(current *
+        value / target) per metric (no change within the tolerance; an External AverageValue
+        target is per replica), the largest wins, clamped to min/max and stabilized by
+        ``behavior`` (scale-down looks back 300 s unless told otherwise)."""
+        spec, meta = hpa.get("spec") or {}, hpa["metadata"]
+        ns, ref = meta["namespace"], spec.get("scaleTargetRef") or {}
+        res = _BY_KIND.get((ref.get("apiVersion"), ref.get("kind")))
+        target = self.emu.get(res.plural, ns, ref.get("name", "")) if res else None
+        old = (hpa.get("status") or {}).get("conditions")
+        if target is None:
+            self._set_status(hpa, {**(hpa.get("status") or {}), "conditions": [_condition(
+                old, "AbleToScale", False, "FailedGetScale",
+                f"the HPA controller was unable to get the target's current scale: {ref}")]})
+            return
+        current = int((target.get("spec") or {}).get("replicas", 1))
+        lo, hi = int(spec.get("minReplicas", 1)), int(spec["maxReplicas"])
+        match = self._scale_selector(target)
+        proposals, observed = [], []
+        for m in spec.get("metrics") or []:
+            if m.get("type") == "Pods":
+                name = m["pods"]["metric"]["name"]
+                values = self.emu.pod_metrics(ns, name, match)
+                if not values:
+                    continue
+                average = sum(values.values()) / len(values)
+                ratio = average / parse_quantity(m["pods"]["target"]["averageValue"])
+                observed.append({"type": "Pods", "pods": {"metric": {"name": name},
+                                                          "current": {"averageValue": _milli(average)}}})
+            elif m.get("type") == "External":
+                total = self._external(ns, m["external"]["metric"])
+                if total is None or current == 0:
+                    continue
+                target_value = m["external"]["target"]
+                ratio = total / parse_quantity(target_value.get("averageValue") or target_value["value"]) \
+                    / (current if target_value.get("averageValue") else 1)
+                observed.append({"type": "External", "external": {
+                    "metric": m["external"]["metric"], "current": {"averageValue": _milli(total / current)}}})
+            else:
+                continue
+            proposals.append(current if abs(1 - ratio) <= HPA_TOLERANCE else math.ceil(current * ratio))
+        if current == 0:  # scaled to zero by hand: the HPA leaves it alone
+            return
+        desired = self._stabilize(hpa, min(max(max(proposals, default=current), lo), hi), current)
+        status = {**(hpa.get("status") or {}), "currentReplicas": current, "desiredReplicas": desired,
+                  "currentMetrics": observed, "observedGeneration": meta.get("generation", 1)}
+        if desired != current:
+            scaled = copy.deepcopy(target)
+            scaled["spec"]["replicas"] = desired
+            scaled["metadata"]["generation"] = int(scaled["metadata"].get("generation", 1)) + 1
+            self.emu.put(scaled)
+            status["lastScaleTime"] = _now()
+            self._noted.discard((meta["uid"], "SuccessfulRescale"))
+            self._event(hpa, "SuccessfulRescale", f"New size: {desired}; reason: "
+                        f"{'above' if desired > current else 'below'} target", "horizontal-pod-autoscaler")
+        status["conditions"] = [
+            _condition(old, "AbleToScale", True, "SucceededRescale" if desired != current else "ReadyForNewScale"),
+            _condition(old, "ScalingActive", bool(observed), "ValidMetricFound" if observed
+                       else "FailedGetPodsMetric")]
+        self._set_status(hpa, status)
+
+    def _stabilize(self, hpa: dict, desired: int, current: int) -> int:
+        """Kubernetes' stabilization: up to the lowest, down to the highest recommendation
+        within each direction's window."""
+        behavior = (hpa.get("spec") or {}).get("behavior") or {}
+        up = float((behavior.get("scaleUp") or {}).get("stabilizationWindowSeconds", 0))
+        down = float((behavior.get("scaleDown") or {}).get("stabilizationWindowSeconds", 300))
+        now = time.monotonic()
+        recs = [r for r in self._recommendations.get(hpa["metadata"]["uid"], []) if now - r[0] <= max(up, down)]
+        recs.append((now, desired))
+        self._recommendations[hpa["metadata"]["uid"]] = recs
+        up_rec = min(r for t, r in recs if now - t <= up)
+        down_rec = max(r for t, r in recs if now - t <= down)
+        return min(max(current, up_rec), down_rec)
 
     # ------------------------------------------------------------------ pods (kubelets)
 
@@ -1419,5 +1706,5 @@ class KubeController:
         self._set_status(svc, {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}})
 
 
-__all__ = ["RESOURCES", "Call", "KubeController", "KubeEmulator", "KubeError", "KubeFaults",
-           "Resource", "field_selector", "json_patch", "label_selector", "merge_patch"]
+__all__ = ["CUSTOM_METRICS", "RESOURCES", "Call", "KubeController", "KubeEmulator", "KubeError",
+           "KubeFaults", "MetricLoad", "Resource", "parse_quantity", "field_selector", "json_patch", "label_selector", "merge_patch"]

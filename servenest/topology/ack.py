@@ -11,8 +11,9 @@ What seed 003 does by hand on a jump server with kubectl, as the topology interf
   unless OSS holds a verified copy (skipped outright when the Job of this revision already
   finished); Fluid Dataset + JindoRuntime, then a DataLoad whose phase drives the progress
   artifact (not created again when the DataLoad of this revision completed).
-- **launch**: API-key Secret, the Deployment or LeaderWorkerSet, the Services; waits for the
-  load balancers' addresses.
+- **launch**: API-key Secret, the Deployment or LeaderWorkerSet, the Services, and with
+  ``replicas.max`` > ``replicas.min`` a PodMonitor and an HPA or KEDA ScaledObject (preflight
+  chose which); waits for the load balancers' addresses.
 - **status/logs/diagnostics**: pods, restarts (a crash loop is a dead engine), last logs.
 - **teardown**: by label, in an order that releases the load balancers first and never
   leaves pods reading a dataset being deleted; waits for each kind to be gone; deletes the
@@ -46,8 +47,8 @@ from servenest.errors import (
     StackFailedError,
     WeightsError,
 )
-from servenest.k8s import fluid, serving
-from servenest.k8s.client import DEPLOYMENT_LABEL, RESOURCES, Kube, KubeNotFound
+from servenest.k8s import autoscaling, fluid, serving
+from servenest.k8s.client import CUSTOM_METRICS_API, DEPLOYMENT_LABEL, RESOURCES, Kube, KubeNotFound
 from servenest.spec import load_spec_data
 from servenest.state import DeploymentState
 from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
@@ -71,9 +72,10 @@ CRASH_RESTARTS = 3  # restarts of a pod that is not ready before it counts as cr
 _DEAD_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "CreateContainerConfigError",
                  "InvalidImageName", "CreateContainerError"}
 # Deleted in this order; each kind is gone before the next: load balancers first (they
-# bill and take traffic), then what owns pods (the sync Job's pod goes only with its Job),
+# bill and take traffic), the autoscalers before what they scale (KEDA's ScaledObject
+# before the HPA it owns), then what owns pods (the sync Job's pod goes only with its Job),
 # every pod before the dataset it mounts, Secrets last.
-TEARDOWN_ORDER = ("Service", "LeaderWorkerSet", "Deployment", "Job", "Pod", "DataLoad", "JindoRuntime",
+TEARDOWN_ORDER = ("Service", "ScaledObject", "HorizontalPodAutoscaler", "PodMonitor", "LeaderWorkerSet", "Deployment", "Job", "Pod", "DataLoad", "JindoRuntime",
                   "Dataset", "Secret")
 _DATALOAD_PROGRESS = {"": 0.1, "Pending": 0.2, "Executing": 0.6, "Complete": 1.0}
 
@@ -129,8 +131,8 @@ class AckTopology(Topology):
         return open_session(self.spec.cloud.region, self.spec.cloud.credentials_block)
 
     def gpu_demand(self) -> dict[str, int]:
-        c = self.spec.cloud
-        return {c.gpu_kind: c.gpus_per_node * c.nodes}
+        c = self.spec.cloud  # a copy may grow to replicas.max
+        return {c.gpu_kind: c.gpus_per_node * c.nodes * self.spec.replicas.max}
 
     @property
     def clusters(self) -> Clusters:
@@ -193,6 +195,7 @@ class AckTopology(Topology):
         out.append(serving.api_key_secret(spec, api_key or "-"))
         out.append(serving.workload(spec, gpu_models))
         out += serving.services(spec)
+        out += autoscaling.autoscaling_objects(spec, self.state.resources.get("autoscaler"))
         return out if api_key is not None else [serving.redacted(o) for o in out]
 
     def plan(self) -> dict:
@@ -203,6 +206,13 @@ class AckTopology(Topology):
                         "pods": c.nodes, "workload": serving.workload_kind(self.spec)},
             "kubernetes": self.objects(),
         }
+        if self.spec.autoscaled:
+            r = self.spec.replicas
+            plan["autoscaling"] = {
+                "replicas": {"min": r.min, "max": r.max}, "targets": self.spec.scale_targets,
+                "autoscaler": self.state.resources.get("autoscaler") or self.spec.autoscaling.autoscaler,
+                # The adapter is the cluster's (a Helm release): a person adds these once.
+                "adapter_rules": autoscaling.adapter_rules(self.spec)}
         if self.creates_cluster:
             plan["ros_template"] = self.cluster_template
         return plan
@@ -225,15 +235,45 @@ class AckTopology(Topology):
             self._require_api("LeaderWorkerSet", "LeaderWorkerSet (the lws add-on) is not installed")
         models = self._gpu_models(detail)
         self.state.resources.update(cluster_id=self.cluster_id, gpu_models=models)
-        return {"cluster": self.cluster_id, "state": state, "kubernetes": version.get("gitVersion"),
-                "profile": detail.get("profile"), "gpu_models": models}
+        out = {"cluster": self.cluster_id, "state": state, "kubernetes": version.get("gitVersion"),
+               "profile": detail.get("profile"), "gpu_models": models}
+        if self.spec.autoscaled:
+            out["autoscaler"] = self.state.resources["autoscaler"] = self._choose_autoscaler()
+        return out
 
-    def _require_api(self, kind: str, missing: str) -> None:
+    def _has_api(self, kind: str) -> bool:
         try:
             self.kube.request("GET", Kube.path(kind, self.namespace), query={"limit": 1},
                               what=f"checking for {kind}")
         except KubeNotFound:
-            raise CloudInputError(f"cluster {self.cluster_id}: {missing}; install it first") from None
+            return False
+        return True
+
+    def _choose_autoscaler(self, adapter_required: bool = True) -> str:
+        """hpa or keda, from the spec's choice and what the cluster has installed."""
+        choice = self.spec.autoscaling.autoscaler
+        if choice == "auto":
+            choice = "keda" if self.spec.autoscaling.prometheus_url and self._has_api("ScaledObject") else "hpa"
+        self._require_api("PodMonitor", "Managed Service for Prometheus (its PodMonitor CRD, "
+                          "monitoring.coreos.com) is not installed; autoscaling scrapes the engine through it")
+        if choice == "keda":
+            self._require_api("ScaledObject", "KEDA (its ScaledObject CRD, keda.sh) is not installed; "
+                              "set autoscaling.autoscaler: hpa or install KEDA")
+            return choice
+        try:
+            self.kube.request("GET", CUSTOM_METRICS_API, what="checking for the Custom Metrics API")
+        except KubeNotFound:
+            missing = (f"cluster {self.cluster_id}: no Custom Metrics API ({CUSTOM_METRICS_API}); install "
+                       "ack-alibaba-cloud-metrics-adapter pointed at Managed Service for Prometheus, with the "
+                       "rules `servenest plan` lists under autoscaling.adapter_rules")
+            if adapter_required:
+                raise CloudInputError(missing) from None
+            log.warning("%s; until then the HPA keeps %d replica(s)", missing, self.spec.replicas.min)
+        return choice
+
+    def _require_api(self, kind: str, missing: str) -> None:
+        if not self._has_api(kind):
+            raise CloudInputError(f"cluster {self.cluster_id}: {missing}; install it first")
 
     def _gpu_models(self, detail: dict) -> list[str]:
         """The GPU models to pin pods to on ACK node pools; ACS places by pod labels."""
@@ -251,14 +291,28 @@ class AckTopology(Topology):
 
     def estimate(self) -> Estimate:
         c = self.spec.cloud
+        r = self.spec.replicas
         if self.creates_cluster:
             lines, currency = self.stacks.priced_lines(self.cluster_template, {})
-            return Estimate(round(sum(a for _, _, a in lines), 4), currency,
-                            f"new ACK cluster, {c.nodes} x {c.instance_types[0]} in {c.zones[0]}", tuple(lines))
-        gpus = (c.gpus_per_node or 1) * c.nodes
+            hourly = round(sum(a for _, _, a in lines), 4)
+            placement = f"new ACK cluster, {c.nodes * r.min} x {c.instance_types[0]} in {c.zones[0]}"
+            if not self.spec.autoscaled:
+                return Estimate(hourly, currency, placement, tuple(lines))
+            # The budget must hold what the autoscaler may reach, so the figure is the
+            # ceiling: the node pool grown to replicas.max.
+            top, _ = self.stacks.priced_lines(render_ack_cluster_yaml(self.spec, at_max=True), {})
+            ceiling = round(sum(a for _, _, a in top), 4)
+            return Estimate(
+                ceiling, currency, f"{placement}, autoscaled up to {c.nodes * r.max} ({r.min}-{r.max} replicas)",
+                (*lines, (f"autoscaled to {r.max} replicas", "ALIYUN::CS::ManagedKubernetesCluster",
+                          round(ceiling - hourly, 4))),
+                note=f"{hourly:.2f} {currency}/hour at {r.min} replica(s), up to {ceiling:.2f} at "
+                     f"{r.max}; the autoscaler adds nodes as the queue grows and gives them back after it drains.")
+        gpus = (c.gpus_per_node or 1) * c.nodes * r.max
+        pods = f"{c.nodes * r.min}-{c.nodes * r.max}" if self.spec.autoscaled else str(c.nodes * r.min)
         return Estimate(
             hourly=0.0, currency="CNY",
-            placement=f"existing cluster {self.cluster_id}: {c.nodes} pod(s) x {c.gpus_per_node} {c.gpu_kind}",
+            placement=f"existing cluster {self.cluster_id}: {pods} pod(s) x {c.gpus_per_node} {c.gpu_kind}",
             lines=(("pods", f"{gpus} x {c.gpu_kind} GPU", 0.0),),
             note=("ServeNest creates no billed machines here: GPU node pools are billed by the "
                   "cluster already; on ACS, GPU pods are billed per second of use at the ACS "
@@ -274,8 +328,14 @@ class AckTopology(Topology):
                                     cluster_name=detail.get("name"))
         if "gpu_models" not in self.state.resources:
             self.state.resources["gpu_models"] = self._gpu_models(detail)
+        out = {"cluster": self.cluster_id, "name": detail.get("name"), "state": detail.get("state")}
+        if self.spec.autoscaled and "autoscaler" not in self.state.resources:
+            # A cluster ServeNest just made: its metrics adapter can only be set up now that the
+            # cluster's Prometheus exists, so a missing one is a warning, not a failure.
+            self.state.resources["autoscaler"] = self._choose_autoscaler(adapter_required=False)
+            out["autoscaler"] = self.state.resources["autoscaler"]
         self.save()
-        return {"cluster": self.cluster_id, "name": detail.get("name"), "state": detail.get("state")}
+        return out
 
     def _create_cluster(self) -> None:
         """One ROS stack with the cluster; a rerun resumes the recorded (or named) stack and the
@@ -444,11 +504,14 @@ class AckTopology(Topology):
         spec = self.spec
         self._ensure_namespace()
         self._apply(serving.api_key_secret(spec, api_key))
-        workload = serving.workload(spec, self.state.resources.get("gpu_models"), launch_id=uuid.uuid4().hex[:12])
+        workload = serving.workload(spec, self.state.resources.get("gpu_models"), launch_id=uuid.uuid4().hex[:12],
+                                    replicas=self._live_replicas())
         self._apply(workload)
         services = serving.services(spec)
         for svc in services:
             self._apply(svc)
+        for obj in autoscaling.autoscaling_objects(spec, self.state.resources.get("autoscaler")):
+            self._apply(obj)
         self.state.engine = {"workload": [workload["kind"], workload["metadata"]["name"]],
                              "services": serving.service_names(spec), "launched_at": time.time()}
         self.save()
@@ -456,6 +519,17 @@ class AckTopology(Topology):
         self.state.engine["addresses"] = addresses
         self.save()
         return {"workload": f"{workload['kind']}/{workload['metadata']['name']}", "addresses": addresses}
+
+    def _live_replicas(self) -> int | None:
+        """A relaunch keeps the count the autoscaler reached (within the spec's bounds) rather
+        than resetting it to replicas.min under a queue."""
+        if not self.spec.autoscaled:
+            return None
+        live = self.kube.get(serving.workload_kind(self.spec), self.namespace, serving.workload_name(self.spec))
+        count = ((live or {}).get("spec") or {}).get("replicas")
+        if count is None:
+            return None
+        return min(max(int(count), self.spec.replicas.min), self.spec.replicas.max)
 
     def _wait_address(self, service: str) -> str:
         deadline = self.clock() + self.scaled(LB_WAIT_S)
@@ -489,7 +563,8 @@ class AckTopology(Topology):
             return EngineStatus(False, detail="not launched")
         try:
             kind, name = self.state.engine["workload"]
-            if self.kube.get(kind, self.namespace, name) is None:
+            workload = self.kube.get(kind, self.namespace, name)
+            if workload is None:
                 return EngineStatus(False, detail=f"{kind} {name} does not exist")
             pods = self._engine_pods()
         except CloudTransientError as exc:
@@ -499,7 +574,7 @@ class AckTopology(Topology):
             if problem:
                 return EngineStatus(False, problem[1], problem[0])
         ready = sum(_ready(p) for p in pods)
-        want = self.spec.cloud.nodes
+        want = self.spec.cloud.nodes * int((workload.get("spec") or {}).get("replicas", 1))
         phases = ", ".join(sorted({(p.get("status") or {}).get("phase", "Pending") for p in pods})) or "no pods yet"
         return EngineStatus(True, None, f"{kind} {name}: {ready}/{want} pods ready ({phases})")
 

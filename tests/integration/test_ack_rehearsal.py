@@ -117,3 +117,26 @@ def test_servenest_up_emulate_rehearses_ack(api_key_secret, tmp_path, capsys, mo
     out = capsys.readouterr().out
     summary = json.loads(out[out.rindex('{\n  "rehearsal"'):])
     assert summary["objects_left"] == [] and summary["kubernetes_api_calls"] > 20
+
+
+def test_an_autoscaled_ack_deployment_grows_with_its_queue_and_leaves_nothing(api_key_secret, tmp_path):
+    import time
+
+    from flows.provision import provision
+    from flows.teardown import teardown
+
+    with emulated_ack(tmp_path / "ack") as (_, cluster_id, kube, _):
+        spec = ack_spec("it-ack-hpa", api_key_secret, cluster_id, replicas={"min": 1, "max": 3},
+                        autoscaling={"scale_down_window_s": 0})
+        assert provision(spec)["gate_passed"]
+        assert kube.get("horizontalpodautoscalers", "llm-model", "it-ack-hpa") is not None
+        # The queue crosses the target (5 per pod), set the way a tool outside would.
+        httpx.post(f"{kube.url}/__emulator/pod-metrics", trust_env=False, json={
+            "namespace": "llm-model", "metric": "vllm:num_requests_waiting",
+            "selector": {"servenest/deployment": "it-ack-hpa"}, "value": 12}).raise_for_status()
+        deadline = time.monotonic() + 30
+        while kube.get("deployments", "llm-model", "it-ack-hpa")["spec"]["replicas"] != 3:
+            assert time.monotonic() < deadline, "the HPA did not scale the Deployment up"
+            time.sleep(0.1)
+        teardown(spec.name)
+        assert objects_left(kube) == []

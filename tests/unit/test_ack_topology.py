@@ -322,3 +322,119 @@ def test_creating_a_cluster_needs_a_zone_and_types(spec_dict):
 
     with pytest.raises(SpecError, match="cloud.instance_types and cloud.zones"):
         load_spec_data(spec_dict("ack", cloud={"cluster_id": None}))
+
+
+# -- autoscaling -------------------------------------------------------------------------------------
+def test_an_autoscaled_new_cluster_is_priced_at_its_ceiling(cloud, make_spec):
+    c = {"cluster_id": None, "zones": ["cn-hangzhou-h"], "instance_types": ["ecs.gn8v.4xlarge"]}
+    fixed = AckTopology(make_spec("ack", cloud=c)).estimate()
+    scaled = AckTopology(make_spec("ack", cloud=c, replicas={"min": 1, "max": 3})).estimate()
+    node = cloud.hourly_price("ecs.gn8v.4xlarge")
+    # The budget check sees what the autoscaler may reach: two more nodes than one replica needs.
+    assert scaled.hourly == pytest.approx(fixed.hourly + 2 * node)
+    assert "1-3 replicas" in scaled.placement and f"{fixed.hourly:.2f}" in scaled.note
+    template = AckTopology(make_spec("ack", cloud=c, replicas={"min": 1, "max": 3})).cluster_template
+    assert "MaxInstances: 3" in template and "Count: 1" in template
+    assert "ack-arms-prometheus" in template  # the PodMonitor CRD comes with Managed Prometheus
+
+
+def test_a_created_cluster_without_the_metrics_adapter_yet_still_provisions(cloud, kube, controller, make_spec):
+    cloud.kubeconfig = kube.kubeconfig()
+    kube.uninstall("custom.metrics.k8s.io/v1beta1")
+    spec = make_spec("ack", replicas={"max": 3}, cloud={
+        "cluster_id": None, "zones": ["cn-hangzhou-h"], "instance_types": ["ecs.gn8v.4xlarge"]})
+    topo = AckTopology(spec)
+    assert topo.provision()["autoscaler"] == "hpa"  # the adapter is set up once the cluster exists
+    AckTopology(spec).teardown()
+
+
+SCALED = {"replicas": {"min": 1, "max": 3}, "autoscaling": {"scale_down_window_s": 0}}
+
+
+def wait_for(check, timeout_s: float = 10.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
+
+
+@pytest.mark.parametrize(("uninstalled", "autoscaling", "message"), [
+    (("podmonitors",), {}, "PodMonitor CRD"),
+    (("custom.metrics.k8s.io/v1beta1",), {}, "ack-alibaba-cloud-metrics-adapter"),
+    (("scaledobjects",), {"autoscaler": "keda", "prometheus_url": "http://prom:9090"}, "KEDA"),
+])
+def test_preflight_refuses_autoscaling_the_cluster_cannot_do(ack, kube, uninstalled, autoscaling, message):
+    kube.uninstall(*uninstalled)
+    with pytest.raises(CloudInputError, match=message):
+        ack(replicas={"max": 3}, autoscaling=autoscaling).preflight()
+    assert writes(kube) == []
+
+
+def test_preflight_picks_keda_where_the_cluster_has_it(ack, kube):
+    keda = {"prometheus_url": "http://prom:9090"}
+    assert ack(replicas={"max": 3}, autoscaling=keda).preflight()["autoscaler"] == "keda"
+    assert ack(replicas={"max": 3}).preflight()["autoscaler"] == "hpa"  # no Prometheus URL for KEDA
+    kube.uninstall("scaledobjects")
+    topo = ack(replicas={"max": 3}, autoscaling=keda)
+    assert topo.preflight()["autoscaler"] == "hpa"
+    assert "HorizontalPodAutoscaler" in [o["kind"] for o in topo.plan()["kubernetes"]]
+    assert "autoscaler" not in ack().preflight()  # fixed replicas: nothing to choose
+
+
+def test_the_hpa_scales_the_launched_deployment_with_the_queue_and_a_relaunch_keeps_its_count(
+        ack, kube, controller):
+    topo = ack(**SCALED)
+    topo.preflight()
+    topo.stage_weights()
+    topo.launch(KEY)
+    assert kube.get("podmonitors", "llm-model", "unit-test-engine") is not None
+    assert kube.get("horizontalpodautoscalers", "llm-model", "unit-test")["spec"]["maxReplicas"] == 3
+
+    def replicas() -> int:
+        return kube.get("deployments", "llm-model", "unit-test")["spec"]["replicas"]
+
+    wait_for(lambda: topo.status().detail.startswith("Deployment unit-test: 1/1 pods ready"))
+    kube.set_pod_metric("llm-model", "vllm:num_requests_waiting",
+                        selector=serving.serving_selector(topo.spec), value=12)
+    wait_for(lambda: replicas() == 3)
+    # The new replicas mount the same warmed dataset and join the load balancer once ready.
+    wait_for(lambda: topo.status().detail.startswith("Deployment unit-test: 3/3 pods ready"))
+    pods = kube.list("pods", "llm-model", serving.engine_labels(topo.spec))
+    assert {v["persistentVolumeClaim"]["claimName"] for p in pods for v in p["spec"]["volumes"]
+            if "persistentVolumeClaim" in v} == {"unit-test-weights"}
+    topo.launch(KEY)  # a relaunch under load does not drop back to replicas.min
+    assert replicas() == 3
+    kube.set_pod_metric("llm-model", "vllm:num_requests_waiting",
+                        selector=serving.serving_selector(topo.spec), value=0)
+    wait_for(lambda: replicas() == 1)
+
+
+def test_teardown_removes_the_autoscaler_before_the_workload(ack, kube, controller):
+    topo = ack(**SCALED)
+    topo.preflight()
+    topo.stage_weights()
+    topo.launch(KEY)
+    topo.teardown()
+    order = [c.path.split("/")[-2] for c in kube.calls if c.method == "DELETE"]
+    assert order.index("horizontalpodautoscalers") < order.index("podmonitors") < order.index("deployments")
+    assert kube.list("horizontalpodautoscalers", "llm-model") == [] and kube.list("podmonitors", "llm-model") == []
+
+
+def test_a_keda_scaled_object_scales_the_deployment_through_prometheus(ack, kube, controller):
+    topo = ack(replicas={"min": 1, "max": 3}, autoscaling={
+        "autoscaler": "keda", "prometheus_url": "http://prom:9090", "scale_down_window_s": 0})
+    assert topo.preflight()["autoscaler"] == "keda"
+    topo.stage_weights()
+    topo.launch(KEY)
+    assert kube.get("scaledobjects", "llm-model", "unit-test") is not None
+    assert kube.get("horizontalpodautoscalers", "llm-model", "unit-test") is None  # KEDA makes its own
+    wait_for(lambda: kube.get("horizontalpodautoscalers", "llm-model", "keda-hpa-unit-test"))
+    wait_for(lambda: topo.status().detail.startswith("Deployment unit-test: 1/1 pods ready"))
+    kube.set_pod_metric("llm-model", "vllm:num_requests_waiting",
+                        selector=serving.serving_selector(topo.spec), total=14)
+    wait_for(lambda: kube.get("deployments", "llm-model", "unit-test")["spec"]["replicas"] == 3)
+    topo.teardown()
+    assert kube.list("scaledobjects", "llm-model") == [] and kube.list("horizontalpodautoscalers", "llm-model") == []

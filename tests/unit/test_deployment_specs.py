@@ -77,7 +77,7 @@ def emulator_hourly(spec, itype: str) -> float:
     """What the emulator's GetTemplateEstimateCost quotes for the stack ServeNest would create."""
     if spec.topology == "ack":
         assert itype == spec.cloud.instance_types[0], "the emulator prices an ACK node pool's first type"
-        body, parameters = render_ack_cluster_yaml(spec), {}
+        body, parameters = render_ack_cluster_yaml(spec, at_max=True), {}  # the autoscaler's ceiling
     else:
         zone = spec.cloud.zones[0] if spec.cloud.zones else sorted(DEFAULT_REGIONS[spec.cloud.region])[0]
         body, parameters = render_template_yaml(spec, zone, itype), template_parameters(spec)

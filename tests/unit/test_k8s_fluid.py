@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,9 +22,10 @@ CRDS = Path(__file__).resolve().parents[1] / "data" / "crds"
 OSS = "oss://servenest-models/llm-model/deepseek-ai/DeepSeek-R1"
 
 
+@functools.cache  # the LWS CRD alone is 1.3 MB of YAML: parse each file once per run
 def crd_schema(kind: str) -> dict:
-    for path in CRDS.glob("*.yaml"):
-        doc = yaml.safe_load(path.read_text())
+    for path in sorted(CRDS.glob("*.yaml")):
+        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         if doc["spec"]["names"]["kind"] == kind:
             [version] = [v for v in doc["spec"]["versions"] if v.get("storage")]
             return version["schema"]["openAPIV3Schema"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from servenest.errors import SpecError
-from servenest.redeploy import choose_placement, gpu_limit_name
+from servenest.redeploy import (
+    choose_placement,
+    gpu_limit_name,
+    scaling_demand,
+    scaling_quota_problem,
+)
 from servenest.slots import deployment_of, other_slot, slot_names
 from servenest.spec import load_spec_data
 from servenest.topology import TOPOLOGIES, open_topology
@@ -122,3 +127,14 @@ def test_a_rejected_revision_never_becomes_the_regression_baseline():
     # Three rejected slow candidates later, a fourth is still judged against the good runs.
     assert regressions(slow, history, margin=0.2)
     assert not regressions(slow, [base, {**slow}, {**slow}, {**slow}], margin=0.2)  # older rows: passed
+
+
+# -- replicas.max against the spare GPU quota ------------------------------------------------------
+def test_the_autoscaler_may_add_only_what_the_quota_spares(make_spec):
+    spec = make_spec("ack", replicas={"min": 1, "max": 4}, cloud={"gpus_per_node": 2})
+    assert scaling_demand(spec) == {"H20": 6}
+    problem = scaling_quota_problem(spec, {"H20": 4})
+    assert "replicas.max 4 may add 6 H20 GPUs" in problem and "gpus-h20 allows 4" in problem
+    assert scaling_quota_problem(spec, {"H20": 6}) is None
+    assert scaling_quota_problem(spec, {"H20": None}) is None  # no limit: nothing to check against
+    assert scaling_demand(make_spec("ack")) == {}

@@ -613,3 +613,146 @@ def test_watch_older_than_the_history_is_gone():
         events = list(watch.Watch().stream(core.list_namespaced_config_map, "default",
                                            resource_version=recent, timeout_seconds=1))
         assert [e["object"].metadata.name for e in events] == ["c2", "c3"]
+
+
+# ------------------------------------------------------------------ autoscaling
+
+WAITING = "vllm:num_requests_waiting"
+
+
+def hpa(target: dict, lo: int, hi: int, average: str, down_window: int = 0) -> dict:
+    return {"metadata": {"name": target["name"]}, "spec": {
+        "scaleTargetRef": target, "minReplicas": lo, "maxReplicas": hi,
+        "metrics": [{"type": "Pods", "pods": {"metric": {"name": WAITING},
+                                              "target": {"type": "AverageValue", "averageValue": average}}}],
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": down_window}}}}
+
+
+def set_queue(emu: KubeEmulator, selector: dict, **load) -> None:
+    """Through the emulator's control endpoint, as a test or a tool outside the process would."""
+    import httpx
+
+    body = {"namespace": "default", "metric": WAITING, "selector": selector, **load}
+    httpx.post(f"{emu.url}/__emulator/pod-metrics", json=body, trust_env=False).raise_for_status()
+
+
+def test_hpa_scales_a_deployment_up_when_the_queue_crosses_the_target_and_back_down(emu, api, core):
+    ctl = KubeController(emu)
+    apps, scaling = client.AppsV1Api(api), client.AutoscalingV2Api(api)
+    apps.create_namespaced_deployment("default", deployment("web"))
+    scaling.create_namespaced_horizontal_pod_autoscaler("default", hpa(
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, 1, 4, "5"))
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas)
+
+    def replicas() -> int:
+        return apps.read_namespaced_deployment("web", "default").spec.replicas
+
+    # 12 requests waiting on one pod, target 5 per pod: ceil(1 * 12 / 5) = 3 replicas; the
+    # queue then spreads over them (4 each, within reach of the target), and it stays at 3.
+    set_queue(emu, {"app": "web"}, total=12)
+    settle(ctl, lambda: replicas() == 3)
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas == 3)
+    for _ in range(3):
+        ctl.step()
+    assert replicas() == 3
+    status = scaling.read_namespaced_horizontal_pod_autoscaler("web", "default").status
+    assert (status.current_replicas, status.desired_replicas) == (3, 3)
+    assert status.current_metrics[0].pods.current.average_value == "4"
+    # The Custom Metrics API serves what the adapter would: the gauge per pod.
+    values = api.call_api(*api.param_serialize(
+        "GET", f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/*/{WAITING}",
+        query_params=[("labelSelector", "app=web")], auth_settings=["BearerToken"]))
+    values.read()
+    items = json.loads(values.data)["items"]
+    assert len(items) == 3 and {i["value"] for i in items} == {"4"}
+
+    # A burst beyond what max allows stops at max; an empty queue goes back to min.
+    set_queue(emu, {"app": "web"}, value=40)
+    settle(ctl, lambda: replicas() == 4)
+    set_queue(emu, {"app": "web"}, value=0)
+    settle(ctl, lambda: replicas() == 1)
+    events = [e.reason for e in core.list_namespaced_event("default").items]
+    assert events.count("SuccessfulRescale") >= 3
+
+
+def test_hpa_tolerance_and_the_scale_down_window(emu, api):
+    ctl = KubeController(emu)
+    apps, scaling = client.AppsV1Api(api), client.AutoscalingV2Api(api)
+    apps.create_namespaced_deployment("default", {**deployment("web"), "spec": {
+        **deployment("web")["spec"], "replicas": 2}})
+    scaling.create_namespaced_horizontal_pod_autoscaler("default", hpa(
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, 1, 4, "5", down_window=300))
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas == 2)
+    set_queue(emu, {"app": "web"}, value=5.4)  # 8 % above the target: within the tolerance
+    for _ in range(3):
+        ctl.step()
+    assert apps.read_namespaced_deployment("web", "default").spec.replicas == 2
+    set_queue(emu, {"app": "web"}, value=0)  # drained, but the window remembers the load
+    for _ in range(3):
+        ctl.step()
+    assert apps.read_namespaced_deployment("web", "default").spec.replicas == 2
+
+
+def test_hpa_scales_a_leaderworkerset_by_whole_groups_on_leader_metrics(emu, custom, core):
+    ctl = KubeController(emu)
+    template = {"spec": {"containers": [{"name": "vllm", "image": "vllm:1"}]}}
+    custom.create_namespaced_custom_object(*LWS, "default", "leaderworkersets", {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": {"name": "r1"},
+        "spec": {"replicas": 1, "leaderWorkerTemplate": {"size": 2, "workerTemplate": template}}})
+    client.AutoscalingV2Api(custom.api_client).create_namespaced_horizontal_pod_autoscaler("default", hpa(
+        {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": "r1"}, 1, 3, "5"))
+    settle(ctl, lambda: (custom.get_namespaced_custom_object(*LWS, "default", "leaderworkersets", "r1")
+                         .get("status") or {}).get("readyReplicas"))
+    # Only leaders expose the queue (the workers run Ray); the scale selector picks them. 9
+    # waiting on one group: ceil(1 * 9 / 5) = 2 groups, then 4.5 each (within the tolerance).
+    set_queue(emu, {"leaderworkerset.sigs.k8s.io/worker-index": "0"}, total=9)
+    settle(ctl, lambda: len([p for p in core.list_namespaced_pod("default").items if _ready(p)]) == 4)
+    for _ in range(3):
+        ctl.step()
+    lws = custom.get_namespaced_custom_object(*LWS, "default", "leaderworkersets", "r1")
+    assert lws["spec"]["replicas"] == 2
+    assert lws["status"]["hpaPodSelector"] == ("leaderworkerset.sigs.k8s.io/name=r1,"
+                                               "leaderworkerset.sigs.k8s.io/worker-index=0")
+
+
+def test_an_add_on_can_be_missing(emu, custom):
+    emu.uninstall("podmonitors", "custom.metrics.k8s.io/v1beta1")
+    code, _ = fails(custom.list_namespaced_custom_object, "monitoring.coreos.com", "v1", "default", "podmonitors")
+    assert code == 404
+    # KEDA stays installed unless taken away too.
+    assert custom.list_namespaced_custom_object("keda.sh", "v1alpha1", "default", "scaledobjects")["items"] == []
+    response = custom.api_client.call_api(*custom.api_client.param_serialize(
+        "GET", "/apis/custom.metrics.k8s.io/v1beta1", auth_settings=["BearerToken"]))
+    response.read()
+    assert response.status == 404
+
+
+def test_keda_makes_its_hpa_and_scales_on_the_prometheus_query(emu, api, custom):
+    ctl = KubeController(emu)
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_deployment("default", deployment("web"))
+    custom.create_namespaced_custom_object("monitoring.coreos.com", "v1", "default", "podmonitors", {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "podMetricsEndpoints": [{"port": "http", "relabelings": [
+            {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_label_app"], "targetLabel": "app"}]}]}})
+    custom.create_namespaced_custom_object("keda.sh", "v1alpha1", "default", "scaledobjects", {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": {"name": "web"}, "minReplicaCount": 1, "maxReplicaCount": 4,
+                 "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                     "scaleDown": {"stabilizationWindowSeconds": 0}}}},
+                 "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+                     "serverAddress": "http://prometheus:9090", "threshold": "5",
+                     "query": f'sum({WAITING}{{app="web"}})'}}]}})
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").status.ready_replicas)
+    made = client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler("keda-hpa-web", "default")
+    assert made.spec.metrics[0].external.metric.name == "s0-prometheus"
+    assert made.metadata.owner_references[0].kind == "ScaledObject"
+    # 12 waiting in all, 5 per replica: ceil(12 / 5) = 3 replicas, and the total stays 12.
+    set_queue(emu, {"app": "web"}, total=12)
+    assert emu.prometheus_query(f'sum({WAITING}{{app="web"}})') == 12
+    settle(ctl, lambda: apps.read_namespaced_deployment("web", "default").spec.replicas == 3)
+    for _ in range(3):
+        ctl.step()
+    assert apps.read_namespaced_deployment("web", "default").spec.replicas == 3
+    custom.delete_namespaced_custom_object("keda.sh", "v1alpha1", "default", "scaledobjects", "web")
+    settle(ctl, lambda: emu.get("horizontalpodautoscalers", "default", "keda-hpa-web") is None)

@@ -441,3 +441,64 @@ def test_budget_and_approval_fields(make_spec, spec_dict):
 def test_ecs_stages_from_modelscope_only(spec_dict, source, extra):
     msg = spec_error(spec_dict("ecs", weights={"source": source, **extra}))
     assert "ModelScope" in msg
+
+
+# -- replicas and autoscaling (ack) ------------------------------------------------------------------
+def test_replicas_default_to_one_and_are_not_autoscaled(make_spec):
+    spec = make_spec("ack")
+    assert (spec.replicas.min, spec.replicas.max, spec.autoscaled) == (1, 1, False)
+    assert spec.scale_targets == {"vllm:num_requests_waiting": 5.0}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"replicas": {"min": 3, "max": 2}}, r"replicas.max \(2\) is below replicas.min \(3\)"),
+    ({"replicas": {"min": 0, "max": 2}}, "replicas.min"),
+    ({"replicas": {"max": 4}, "autoscaling": {"targets": {"vllm:num_requests_queued": 5}}},
+     "vLLM 0.7 does not expose a per-pod gauge 'vllm:num_requests_queued'"),
+    ({"replicas": {"max": 4}, "engine": {"kind": "sglang"},
+      "autoscaling": {"targets": {"vllm:num_requests_waiting": 5}}},
+     "sglang does not expose a per-pod gauge 'vllm:num_requests_waiting'"),
+    ({"replicas": {"max": 4}, "autoscaling": {"targets": {"vllm:gpu_cache_usage_perc": 0.8}}},
+     "must include the queue depth vllm:num_requests_waiting"),
+    ({"replicas": {"max": 4}, "autoscaling": {"targets": {"vllm:num_requests_waiting": 5,
+                                                          "vllm:gpu_cache_usage_perc": 80}}},
+     "is a fraction"),
+    # The default image runs vLLM 0.7.2, from before the KV-cache gauge's rename (0.9) ...
+    ({"replicas": {"max": 4}, "autoscaling": {"targets": {"vllm:num_requests_waiting": 5,
+                                                          "vllm:kv_cache_usage_perc": 0.8}}},
+     r"vLLM 0.7 does not expose a per-pod gauge 'vllm:kv_cache_usage_perc'.*vllm:gpu_cache_usage_perc"),
+    # ... and 0.12 removed the old name.
+    ({"replicas": {"max": 4}, "engine": {"version": "0.12.0"},
+      "autoscaling": {"targets": {"vllm:num_requests_waiting": 5, "vllm:gpu_cache_usage_perc": 0.8}}},
+     "vLLM 0.12 does not expose a per-pod gauge 'vllm:gpu_cache_usage_perc'"),
+    ({"replicas": {"max": 4}, "autoscaling": {"targets": {"vllm:num_requests_waiting": 0}}}, "greater than 0"),
+    ({"replicas": {"max": 4}, "autoscaling": {"autoscaler": "keda"}}, "set autoscaling.prometheus_url"),
+    ({"replicas": {"max": 4}, "autoscaling": {"prometheus_url": "prometheus:9090"}}, "must be an http"),
+])
+def test_bad_scaling_input_is_refused_before_anything_is_made(spec_dict, overrides, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec_data(spec_dict("ack", **overrides))
+
+
+def test_only_ack_autoscales(spec_dict):
+    assert "topology ack" in spec_error(spec_dict("ecs", replicas={"max": 2}))
+
+
+def test_sglang_scales_on_its_own_queue_metric(make_spec):
+    spec = make_spec("ack", engine={"kind": "sglang"}, replicas={"max": 3},
+                     autoscaling={"targets": {"sglang:num_queue_reqs": 4, "sglang:token_usage": 0.9}})
+    assert spec.autoscaled and spec.scale_targets == {"sglang:num_queue_reqs": 4, "sglang:token_usage": 0.9}
+
+
+@pytest.mark.parametrize(("engine", "version"), [
+    ({}, (0, 7)), ({"version": "0.10.1"}, (0, 10)), ({"image": "vllm/vllm-openai:v0.11.0"}, (0, 11)),
+    ({"image": "registry.example/team/engine:latest"}, None)])
+def test_the_vllm_version_a_pod_runs(make_spec, engine, version):
+    assert make_spec("ack", engine=engine).vllm_version == version
+
+
+def test_the_default_image_version_is_the_default_images_tag():
+    from servenest.cloud.scripts import DEFAULT_IMAGES
+    from servenest.spec import DEFAULT_VLLM_IMAGE_VERSION
+
+    assert DEFAULT_IMAGES["vllm"].rsplit(":", 1)[1].startswith(DEFAULT_VLLM_IMAGE_VERSION + "-")
