@@ -147,6 +147,9 @@ def test_a_failed_sync_job_reports_its_log(ack, kube, controller):
 
 
 def test_staging_survives_watch_expiry_and_write_conflicts(ack, kube, controller):
+    # A DataLoad slow enough (about 1 s) that staging must watch it: a fast one is already
+    # Complete at the first read, and then no watch is opened for the faults to hit.
+    controller.dataload_steps = 100
     kube.faults.gone_watches = 2
     kube.faults.conflicts = {"datasets": 1, "dataloads": 1}
     assert ack().stage_weights().digest == DIGEST
