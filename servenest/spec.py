@@ -188,6 +188,9 @@ class CloudSpec(_Strict):
     gpu_kind: str | None = Field(None, description="ACK/ACS GPU kind (A10, H20, PPU...).")
     gpus_per_node: int | None = Field(None, ge=1, le=16, description="ACK/ACS GPUs per pod.")
     image: str | None = Field(None, description="ECS image id or family.")
+    image_prepared: bool = Field(
+        False, description="cloud.image already carries the NVIDIA driver, docker and "
+        "nvidia-container-toolkit (a custom image): the host bootstrap only checks them.")
     system_disk_gb: int = Field(200, ge=20, le=32768, description="System disk size.")
     disk_category: str = Field("cloud_essd", description="ECS disk category.")
     bandwidth_mbps: int = Field(0, ge=0, le=1000, description="Public bandwidth; 0 = none.")

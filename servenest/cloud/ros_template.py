@@ -36,10 +36,10 @@ from servenest.spec import DeploymentSpec
 TEMPLATE_VERSION = "2015-09-01"
 VPC_CIDR = "192.168.0.0/16"
 VSWITCH_CIDR = "192.168.0.0/24"
-# Fuzzy image id (ROS resolves it to the newest matching public image). The image must
-# carry the NVIDIA driver, docker and nvidia-container-toolkit (the launch script checks);
-# set cloud.image to a GPU/ComputeNest image that has them. ebmgn8v needs a UEFI image,
-# so for those types cloud.image is required.
+# Fuzzy image id (ROS resolves it to the newest matching public image). The host
+# bootstrap (servenest/cloud/bootstrap.py) installs the NVIDIA driver, docker and
+# nvidia-container-toolkit on it; a custom image that has them sets cloud.image_prepared.
+# ebmgn8v boots UEFI images only, so for those types cloud.image is required.
 DEFAULT_IMAGE = "ubuntu_22"
 
 _CIDR_PARAMETER = "VSwitchCidrBlock"

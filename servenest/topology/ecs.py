@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import cached_property
 
 from servenest.catalog import get_instance_type
-from servenest.cloud import scripts
+from servenest.cloud import bootstrap, scripts
 from servenest.cloud.api import CloudSession
 from servenest.cloud.assistant import Assistant, CommandResult
 from servenest.cloud.credentials import open_session
@@ -122,6 +122,7 @@ class EcsTopology(Topology):
                           "candidates": {"zones": c.zones, "instance_types": c.instance_types}},
             "ros_template": template,
             "ros_parameters": parameters,
+            "bootstrap": bootstrap.plan(self.spec, itype),
             "scripts": {
                 role: {"stage_weights": scripts.staging_script(self.spec, role),
                        "launch": scripts.launch_script(self.spec, role, head_address=head),
@@ -349,6 +350,17 @@ class EcsTopology(Topology):
         if not self.instances:
             raise ServeNestError(f"{self.spec.name} has no instances yet; run provision first")
         return [i["instance_id"] for i in self.instances if roles is None or i["role"] in roles]
+
+    # -- hosts --------------------------------------------------------------------------
+    def prepare_hosts(self) -> dict:
+        """The host bootstrap on every instance (servenest/cloud/bootstrap.py)."""
+        itype = self._placement()["instance_type"] or self.spec.cloud.instance_types[0]
+        script = bootstrap.bootstrap_script(self.spec, itype)
+        record = bootstrap.run_on_hosts(self.assistant, self._ids(), script, self.session.sleep,
+                                        self.session.timings.scale)
+        self.state.resources["bootstrap"] = {k: v for k, v in record.items() if k != "log"}
+        self.save()
+        return record
 
     # -- weights ------------------------------------------------------------------------
     def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
