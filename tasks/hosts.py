@@ -21,3 +21,14 @@ def bootstrap_hosts(topology: Topology) -> dict:
     if result:
         logger.info("hosts of %s ready: %s", topology.spec.name, result)
     return result
+
+
+@task(name="check-hosts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=transient_only)
+def check_hosts(topology: Topology) -> dict:
+    """GPU count and memory, fabric manager, docker's view of the GPUs, free disk and the
+    node-to-node ports; a failure names each host and its problem."""
+    result = topology.check_hosts()
+    if result:
+        get_run_logger().info("hosts of %s passed the readiness check: %s", topology.spec.name, result)
+    return result

@@ -110,6 +110,11 @@ class Topology(ABC):
         provides the runtime (local, ACK)."""
         return {}
 
+    def check_hosts(self) -> dict:
+        """Prove the machines can serve this spec before anything is staged on them (GPUs,
+        runtime, disk, node-to-node ports); raises naming each host's problem."""
+        return {}
+
     @abstractmethod
     def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
         """Put verified weights where the engine reads them; skip a verified copy.

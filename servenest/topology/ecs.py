@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from functools import cached_property
 
+from servenest import readiness
 from servenest.catalog import get_instance_type
 from servenest.cloud import bootstrap, scripts
 from servenest.cloud.api import CloudSession
@@ -361,6 +362,12 @@ class EcsTopology(Topology):
         self.state.resources["bootstrap"] = {k: v for k, v in record.items() if k != "log"}
         self.save()
         return record
+
+    def check_hosts(self) -> dict:
+        spec = self._placed()
+        image = spec.engine.image or scripts.DEFAULT_IMAGES[spec.engine.kind]
+        return readiness.check_hosts(self.assistant, spec, spec.cloud.instance_types[0], self.instances,
+                                     image, scripts.model_dir(spec))
 
     # -- weights ------------------------------------------------------------------------
     def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
