@@ -713,6 +713,8 @@ class CloudEmulator:
                         "instance_id": iid, "private_ip": private[-1], "public_ip": public[-1],
                         "zone": zone, "stack_id": stack.stack_id, "logical_id": res.logical_id,
                         "instance_type": str(self._resolve(stack, res.properties.get("InstanceType", ""))),
+                        "image_id": str(self._resolve(stack, res.properties.get("ImageId", ""))),
+                        "system_disk_gb": int(self._resolve(stack, res.properties.get("SystemDiskSize", 40)) or 40),
                     }
                 if res.type == "ALIYUN::ECS::Instance":
                     res.physical_id = ids[0]

@@ -88,9 +88,9 @@ def prepare_image(host_dir: Path, bare: bool, write_shim) -> None:
     """A new host's disk: the OS files, and on a prepared image everything installed."""
     if _state_path(host_dir).exists():
         return
-    (host_dir / "etc").mkdir(parents=True, exist_ok=True)
+    for directory in ("etc/apt/sources.list.d", "etc/modprobe.d", "var/lib"):  # Ubuntu's own
+        (host_dir / directory).mkdir(parents=True, exist_ok=True)
     (host_dir / "etc" / "os-release").write_text(OS_RELEASE)
-    (host_dir / "var" / "lib").mkdir(parents=True, exist_ok=True)
     bin_dir(host_dir).mkdir(parents=True, exist_ok=True)
     state = load(host_dir)
     if not bare:
