@@ -135,6 +135,9 @@ class WeightsSpec(_Strict):
     verify: Literal["quick", "full"] = Field(
         "quick", description="quick: sizes against the manifest; full: sha256 of every file."
     )
+    max_staging_hours: float = Field(
+        4.0, gt=0, description="Refuse (before any spend) a spec whose cold staging on cloud "
+        "hosts would take longer than this (servenest/time_to_ready.py).")
 
     @model_validator(mode="after")
     def _source_fields(self) -> WeightsSpec:

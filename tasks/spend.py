@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from servenest import time_to_ready
 from servenest.errors import ApprovalDeniedError, BudgetExceededError
 from servenest.spec import DeploymentSpec
 from servenest.topology import Estimate, Topology
@@ -50,6 +51,7 @@ def price_markdown(spec: DeploymentSpec, estimate: Estimate) -> str:
         + f"Budget: {budget_text}. "
         + (estimate.note or "Pay-as-you-go list price from ROS GetTemplateEstimateCost; "
            "billing starts when the stack is created and stops at teardown.") + "\n"
+        + ("\n" + time_to_ready.markdown(spec) if spec.topology in ("ecs-single", "ecs-dual") else "")
     )
 
 

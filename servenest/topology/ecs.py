@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from functools import cached_property
 
-from servenest import readiness
+from servenest import readiness, time_to_ready
 from servenest.catalog import get_instance_type
 from servenest.cloud import bootstrap, scripts
 from servenest.cloud.api import CloudSession
@@ -124,6 +124,7 @@ class EcsTopology(Topology):
             "ros_template": template,
             "ros_parameters": parameters,
             "bootstrap": bootstrap.plan(self.spec, itype),
+            "time_to_ready": time_to_ready.estimate(self.spec),
             "scripts": {
                 role: {"stage_weights": scripts.staging_script(self.spec, role),
                        "launch": scripts.launch_script(self.spec, role, head_address=head),
@@ -133,6 +134,7 @@ class EcsTopology(Topology):
         }
 
     def preflight(self) -> dict:
+        time_to_ready.check_staging_limit(self.spec)
         offered = self._offered_types()
         c = self.spec.cloud
         unknown = [z for z in c.zones if z not in offered]
