@@ -23,6 +23,7 @@ import shlex
 from dataclasses import dataclass
 
 from servenest.catalog import get_instance_type
+from servenest.cloud.scripts import MODEL_ROOT
 from servenest.errors import HostCommandError
 from servenest.spec import DeploymentSpec
 
@@ -51,6 +52,10 @@ fact fabric "$(systemctl is-active nvidia-fabricmanager 2>/dev/null | head -n 1)
 mkdir -p {q(model_dir)}
 fact disk_free "$(df -B1 --output=avail {q(model_dir)} 2>/dev/null | tail -n 1 | tr -d ' ')"
 fact weights_present "$(du -sb {q(model_dir)} 2>/dev/null | cut -f1)"
+if mountpoint -q {q(MODEL_ROOT)}; then
+  fact weights_disk yes
+  fact system_free "$(df -B1 --output=avail / 2>/dev/null | tail -n 1 | tr -d ' ')"
+fi
 if OUT="$(docker run --rm --gpus all --entrypoint nvidia-smi {q(image)} -L 2>&1)"; then
   fact docker_gpus "$(grep -c '^GPU ' <<<"$OUT")"
 else
@@ -98,13 +103,20 @@ def problems(spec: DeploymentSpec, instance_type: str, host: HostFacts) -> list[
                    f"{itype.gpu_count} GPUs{why}")
     free, present = _int(f.get("disk_free")), _int(f.get("weights_present")) or 0
     weights = int(spec.model_info.weight_gb * 1e9)
-    need = max(0, weights - present) + IMAGE_HEADROOM_BYTES + int(weights * WEIGHTS_HEADROOM)
+    # With a weights data disk (weights.cache: snapshot) the engine image goes to the system disk.
+    split = f.get("weights_disk") == "yes"
+    need = max(0, weights - present) + int(weights * WEIGHTS_HEADROOM) + (0 if split else IMAGE_HEADROOM_BYTES)
     if free is None:
         out.append(f"{iid}: could not read the free disk space")
     elif free < need:
         out.append(f"{iid}: {free / 1e9:.0f} GB free on the weights' disk, {need / 1e9:.0f} GB needed "
                    f"({weights / 1e9:.0f} GB of weights, {present / 1e9:.0f} GB already there, plus "
-                   f"headroom for the engine image); raise cloud.system_disk_gb")
+                   + ("5%); the weights disk is too small" if split else
+                      "headroom for the engine image); raise cloud.system_disk_gb"))
+    system_free = _int(f.get("system_free"))
+    if split and (system_free or 0) < IMAGE_HEADROOM_BYTES:
+        out.append(f"{iid}: {(system_free or 0) / 1e9:.0f} GB free on the system disk, "
+                   f"{IMAGE_HEADROOM_BYTES / 1e9:.0f} GB needed for the engine image; raise cloud.system_disk_gb")
     return out
 
 

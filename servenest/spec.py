@@ -135,6 +135,9 @@ class WeightsSpec(_Strict):
     verify: Literal["quick", "full"] = Field(
         "quick", description="quick: sizes against the manifest; full: sha256 of every file."
     )
+    cache: Literal["none", "snapshot"] = Field(
+        "none", description="ECS: keep the weights on their own data disk and, after the first "
+        "verified staging, a snapshot of it that later provisions of the model start from.")
     max_staging_hours: float = Field(
         4.0, gt=0, description="Refuse (before any spend) a spec whose cold staging on cloud "
         "hosts would take longer than this (servenest/time_to_ready.py).")

@@ -6,7 +6,10 @@ the manifest's hashing), engine load, gate. Two cases:
 
 - ``cold``: a fresh account: public image, nothing on the disks;
 - ``warm``: hosts that already have it all (bootstrap stamp, engine image, weights that
-  verify in place): a rerun, a relaunch, an in-place redeploy on the same stack.
+  verify in place): a rerun, a relaunch, an in-place redeploy on the same stack;
+- ``cached`` (``weights.cache: snapshot`` with an entry): new hosts whose weights disk is
+  made from the cache snapshot: nothing downloaded, every file checked against the
+  manifest while the disk fetches its blocks from snapshot storage on first read.
 
 Figures and where they come from (a figure marked *assumed* has no published source and
 should be replaced by a measured stage timing from a real account; ``publish_stage_timings``
@@ -56,6 +59,13 @@ SHA256_BYTES_PER_S = 500e6  # sha256sum, one core, data in the page cache (assum
 PAGE_CACHE_BYTES_PER_S = 2e9  # engine reads of weights still in RAM after the download
 ENGINE_START_S = 120.0  # assumed: vLLM profiling and CUDA graph capture after the load
 GATE_S = 30.0  # health, models, one completion, metrics
+# A disk made from a snapshot loads each block from snapshot storage on first read, below
+# the disk's own throughput (Alibaba Cloud: "performance may drop on first access" of such
+# disks); assumed half of it.
+SNAPSHOT_FIRST_READ_FACTOR = 0.5
+# An in-region OSS copy over the internal endpoint with parallel ranged reads: assumed 10
+# Gbit/s (instance NIC and OSS internal bandwidth both allow it on the GPU families here).
+OSS_INTERNAL_BYTES_PER_S = 1.25e9
 SEED_MINUTES = {"Qwen/QwQ-32B": 10, "Qwen/Qwen3-235B-A22B": 30, "deepseek-ai/DeepSeek-R1": 30}
 
 
@@ -91,7 +101,25 @@ def _link_mbps(spec: DeploymentSpec) -> float:
     return spec.cloud.bandwidth_mbps or NAT_ASSUMED_MBPS
 
 
-def _phases(spec: DeploymentSpec, warm: bool) -> list[Phase]:
+def _cached_weights(spec: DeploymentSpec) -> Phase:
+    from servenest.cloud.weights_cache import weights_disk
+
+    size = spec.model_info.weight_gb * GB
+    rate = essd_pl1_bytes_per_s(weights_disk(spec)["Size"]) * SNAPSHOT_FIRST_READ_FACTOR
+    rate = min(rate, SHA256_BYTES_PER_S)
+    return Phase("weights", size / rate, f"{size / GB:.0f} GB on a disk made from the cache snapshot, "
+                 f"every file checked (sha256) at {rate / 1e6:.0f} MB/s as its blocks arrive")
+
+
+def cache_options(spec: DeploymentSpec) -> dict[str, float]:
+    """The weights phase of a new host, in seconds, by where the copy comes from."""
+    size = spec.model_info.weight_gb * GB
+    return {"modelscope (no cache)": round(weights_download(spec).seconds),
+            "data-disk snapshot (chosen)": round(_cached_weights(spec).seconds),
+            "in-region OSS, internal endpoint": round(size / OSS_INTERNAL_BYTES_PER_S + size / SHA256_BYTES_PER_S)}
+
+
+def _phases(spec: DeploymentSpec, warm: bool, cached: bool = False) -> list[Phase]:
     itype = get_instance_type(spec.cloud.instance_types[0])
     bare_metal = "bare metal" in itype.notes
     size = spec.model_info.weight_gb * GB
@@ -121,8 +149,8 @@ def _phases(spec: DeploymentSpec, warm: bool) -> list[Phase]:
         out.append(Phase("image pull", pull + 2 * ENGINE_IMAGE_BYTES / UNPACK_BYTES_PER_S,
                          f"{ENGINE_IMAGE_BYTES / GB:.0f} GB engine image over the public link, "
                          "unpacked to ~2x (assumed size)"))
-        out.append(weights_download(spec))
-        # Just downloaded: in the page cache if RAM holds them, else read back from the disk.
+        out.append(_cached_weights(spec) if cached else weights_download(spec))
+        # Just downloaded (or checked): in the page cache if RAM holds them, else read back from the disk.
         cached = itype.memory_gib * 2**30 > size * 1.2
         rate = PAGE_CACHE_BYTES_PER_S if cached else disk
         out.append(Phase("engine load", size / rate + ENGINE_START_S,
@@ -135,11 +163,15 @@ def _phases(spec: DeploymentSpec, warm: bool) -> list[Phase]:
 def estimate(spec: DeploymentSpec) -> dict:
     """``{"cold": {...}, "warm": {...}, "limit_s", "seed_minutes"}`` for an ECS spec."""
     out: dict = {}
-    for case, warm in (("cold", False), ("warm", True)):
-        phases = _phases(spec, warm)
+    cases = [("cold", False, False), ("warm", True, False)]
+    if spec.weights.cache == "snapshot":
+        cases.append(("cached", False, True))
+    for case, warm, cached in cases:
+        phases = _phases(spec, warm, cached)
         out[case] = {"total_s": round(sum(p.seconds for p in phases), 1),
                      "phases": [asdict(p) | {"seconds": round(p.seconds, 1)} for p in phases]}
     out["staging_limit_s"] = spec.weights.max_staging_hours * 3600
+    out["weights_by_source_s"] = cache_options(spec)
     out["seed_minutes"] = SEED_MINUTES.get(spec.model)
     return out
 

@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from servenest.catalog import get_instance_type
+from servenest.cloud.scripts import MODEL_ROOT
+from servenest.cloud.weights_cache import FS_LABEL
 from servenest.errors import HostCommandError
 from servenest.spec import DeploymentSpec
 
@@ -104,15 +106,15 @@ class HostNeeds:
     fabric_manager: bool
     rdma: bool
     prepared: bool
+    weights_disk: bool
 
     def steps(self) -> list[str]:
         """What the bootstrap does, in order, for `servenest plan`."""
+        out = [f"weights data disk (label {FS_LABEL}) mounted on {MODEL_ROOT}; a blank one formatted first"
+               ] if self.weights_disk else []
         if self.prepared:
-            return [f"check (custom image, cloud.image_prepared): nvidia-smi shows {self.gpu_count} x "
-                    f"{self.gpu}, docker with the nvidia runtime (nvidia-container-toolkit)"
-                    + (", nvidia-fabricmanager active" if self.fabric_manager else "")
-                    + (", RDMA user-space (ibv_devices)" if self.rdma else "")]
-        out = [
+            return out + self._check_step()
+        out += [
             f"skip everything when {STAMP} says version {BOOTSTRAP_VERSION} and the host checks ready",
             "apt sources from the in-region mirror (metadata source-address, else "
             f"{DEFAULT_MIRROR}): Ubuntu, docker-ce, NVIDIA CUDA repository",
@@ -133,6 +135,13 @@ class HostNeeds:
         return out
 
 
+    def _check_step(self) -> list[str]:
+        return [f"check (custom image, cloud.image_prepared): nvidia-smi shows {self.gpu_count} x "
+                f"{self.gpu}, docker with the nvidia runtime (nvidia-container-toolkit)"
+                + (", nvidia-fabricmanager active" if self.fabric_manager else "")
+                + (", RDMA user-space (ibv_devices)" if self.rdma else "")]
+
+
 def host_needs(spec: DeploymentSpec, instance_type: str) -> HostNeeds:
     itype = get_instance_type(instance_type)
     pin = DRIVER_PINS.get(itype.gpu)
@@ -140,7 +149,7 @@ def host_needs(spec: DeploymentSpec, instance_type: str) -> HostNeeds:
         raise ValueError(f"no NVIDIA driver is pinned for {itype.gpu} ({instance_type}); "
                          f"pinned: {', '.join(DRIVER_PINS)}")
     return HostNeeds(instance_type, itype.gpu, itype.gpu_count, pin, itype.nvswitch,
-                     spec.topology == "ecs-dual", spec.cloud.image_prepared)
+                     spec.topology == "ecs-dual", spec.cloud.image_prepared, spec.weights.cache == "snapshot")
 
 
 def plan(spec: DeploymentSpec, instance_type: str) -> dict:
@@ -195,7 +204,7 @@ ready() {{
 }}
 
 done_line() {{ say "ready version=$BOOTSTRAP driver=$HAVE gpus=$SEEN"; }}
-
+{_weights_disk_step() if n.weights_disk else ""}
 if [[ "$(cat "$STAMP" 2>/dev/null || true)" == "$BOOTSTRAP ready" ]] && ready; then
   say "host was bootstrapped before (stamp $STAMP); nothing to do"
   done_line
@@ -352,3 +361,29 @@ def run_on_hosts(assistant, instance_ids: list[str], script: str, sleep: Callabl
     return {"version": BOOTSTRAP_VERSION,
             "hosts": {h.instance_id: {"driver": h.driver, "gpus": h.gpus, "reboots": h.reboots} for h in hosts},
             "log": {h.instance_id: h.output for h in hosts}}
+
+
+def _weights_disk_step() -> str:
+    """Mount the weights data disk (weights.cache: snapshot): a disk made from a cache
+    snapshot carries the label; a blank one is formatted first. Idempotent."""
+    root = q(MODEL_ROOT)
+    return f"""
+# The weights data disk: labelled when made from a cache snapshot, else blank.
+if ! mountpoint -q {root}; then
+  DISK="$(blkid -L {FS_LABEL} 2>/dev/null || true)"
+  if [[ -z "$DISK" ]]; then
+    for d in $(lsblk -dpno NAME,TYPE | awk '$2 == "disk" {{print $1}}'); do
+      if [[ -z "$(lsblk -no FSTYPE "$d" | tr -d '[:space:]')" && "$(lsblk -no NAME "$d" | wc -l)" == 1 ]]; then
+        DISK="$d"
+        break
+      fi
+    done
+    [[ -n "$DISK" ]] || fail "no blank data disk for the weights (weights.cache: snapshot)"
+    mkfs.ext4 -q -L {FS_LABEL} "$DISK"
+  fi
+  install -d {root}
+  grep -qs 'LABEL={FS_LABEL} ' /etc/fstab || echo 'LABEL={FS_LABEL} {MODEL_ROOT} ext4 defaults,nofail 0 2' >> /etc/fstab
+  mount {root}
+  say "weights disk $DISK mounted on {MODEL_ROOT}"
+fi
+"""

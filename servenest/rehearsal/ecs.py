@@ -31,6 +31,10 @@ def emulated_hosts(emu: CloudEmulator, root: Path, engine: str = "vllm", **kw) -
     hosts.instance_type_of = lambda iid: (emu.instances.get(iid) or {}).get("instance_type")
     hosts.image_of = lambda iid: (emu.instances.get(iid) or {}).get("image_id")
     hosts.system_disk_gb_of = lambda iid: (emu.instances.get(iid) or {}).get("system_disk_gb")
+    hosts.data_disk_of = lambda iid: next(
+        ((d["Size"], emu.disk_content(iid)) for d in emu.disks.values() if d["InstanceId"] == iid), None)
+    emu.snapshot_source = lambda iid: hosts.sandbox(iid) / "root" / "llm-model"
+    emu.snapshot_root = Path(root) / ".snapshots"
     emu.command_handler = hosts.run
     emu.on_instances_released = hosts.release
     emu.require_known_instances = True

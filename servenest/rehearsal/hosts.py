@@ -61,6 +61,7 @@ SHIM_NAMES = ("modelscope", "sleep", "df", *packages.BASE_TOOLS)
 # The host's filesystem roots that live in its sandbox (``/root`` is <sandbox>/root).
 HOST_ROOTS = ("root", "etc", "var")
 OS_AND_DOCKER_BYTES = 10 * 10**9  # what the image and docker take of the system disk
+DOWNLOADS_LOG = ".modelscope-downloads"  # under the root: <instance>\t<model>\t<bytes> per download
 OUTPUT_LIMIT = 24 * 1024  # Cloud Assistant keeps the last 24 KB of a command's output
 TIMEOUT_EXIT = 124
 STOP_GRACE_S = 5.0
@@ -126,6 +127,8 @@ class EmulatedHosts:
         # starts with the driver, docker and nvidia-container-toolkit installed.
         self.image_of: Callable[[str], str | None] = lambda _iid: None
         self.system_disk_gb_of: Callable[[str], int | None] = lambda _iid: None
+        # (size GiB, snapshot files or None) of the instance's data disk, or None.
+        self.data_disk_of: Callable[[str], tuple[int, Path | None] | None] = lambda _iid: None
         self._lock = threading.Lock()
         self._instance_locks: dict[str, threading.Lock] = {}
         self._running: dict[str, subprocess.Popen] = {}
@@ -163,6 +166,14 @@ class EmulatedHosts:
         (df reports this much free)."""
         packages.write_fault(self.root, name, value)
 
+    def bytes_downloaded(self) -> int:
+        """What every host's ``modelscope download`` moved so far (the built-in model's files)."""
+        try:
+            lines = (self.root / DOWNLOADS_LOG).read_text().splitlines()
+        except OSError:
+            return 0
+        return sum(int(line.rsplit("\t", 1)[1]) for line in lines if line.strip())
+
     @property
     def fail_downloads(self) -> int:
         """How many of the next ``modelscope download`` calls (on any host) fail."""
@@ -195,7 +206,8 @@ class EmulatedHosts:
         info = {"instance_id": instance_id, "address": address, **_gpu_info(self.instance_type_of(instance_id)),
                 "system_disk_gb": self.system_disk_gb_of(instance_id) or 200}
         _write_json(sandbox / "host.json", info)
-        packages.prepare_image(sandbox, packages.is_bare_image(self.image_of(instance_id)), _write_shim)
+        packages.prepare_image(sandbox, packages.is_bare_image(self.image_of(instance_id)), _write_shim,
+                               self.data_disk_of(instance_id))
 
     def _execute(self, instance_id: str, sandbox: Path, script: str) -> tuple[int, str]:
         # An in-memory file: the key-delivery script must reach neither argv nor the disk.
@@ -474,8 +486,11 @@ def _df(host: _Host, argv: list[str]) -> int:
     if "--output=avail" not in argv:
         raise _Fail(1, f"{NOTE} only `df -B1 --output=avail PATH` is emulated")
     forced = packages.read_fault(host.root, "disk-free-gb")
+    on_data = packages.data_disk_free(host.dir)
     if forced:
         free = forced * 10**9
+    elif on_data is not None and Path(argv[-1]).is_relative_to(host.dir.joinpath(*packages.WEIGHTS_DIR)):
+        free = on_data
     else:
         used = sum(p.stat().st_size for p in host.home.rglob("*") if p.is_file() and not p.is_symlink())
         free = max(0, int(host.info.get("system_disk_gb") or 200) * 10**9 - OS_AND_DOCKER_BYTES - used)
@@ -565,6 +580,9 @@ def _modelscope(host: _Host, argv: list[str]) -> int:
     print(f"{NOTE} this host serves the built-in tiny model in place of {model}"
           + (f"@{revision}" if revision else ""))
     _copy_model(cache, dest)
+    moved = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    with file_lock(host.root / ".faults" / "lock"), open(host.root / DOWNLOADS_LOG, "a") as fh:
+        fh.write(f"{host.dir.name}\t{model}\t{moved}\n")
     print(f"Successfully Downloaded from model {model}.")
     return 0
 

@@ -24,11 +24,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 from pathlib import Path
 
-BASE_TOOLS = ("apt-get", "apt-mark", "dpkg-query", "curl", "systemctl", "systemd-run", "modprobe")
+BASE_TOOLS = ("apt-get", "apt-mark", "dpkg-query", "curl", "systemctl", "systemd-run", "modprobe",
+              "mountpoint", "blkid", "lsblk", "mkfs.ext4", "mount")
+# The instance's disks as the host sees them: the system disk, and the data disk ROS
+# DiskMappings gave it (the weights disk), whose files are <sandbox>/root/llm-model.
+SYSTEM_DISK, DATA_DISK = "/dev/vda", "/dev/vdb"
+WEIGHTS_DIR = ("root", "llm-model")
 INSTALLABLE = ("docker", "nvidia-smi", "nvidia-ctk", "ibv_devices")
 NOTE = "servenest rehearsal:"
 MIRROR = "http://mirrors.cloud.aliyuncs.com"
@@ -84,15 +90,25 @@ def bin_dir(host_dir: Path) -> Path:
     return host_dir / "usr" / "bin"
 
 
-def prepare_image(host_dir: Path, bare: bool, write_shim) -> None:
-    """A new host's disk: the OS files, and on a prepared image everything installed."""
+def prepare_image(host_dir: Path, bare: bool, write_shim, data_disk: tuple[int, Path | None] | None = None) -> None:
+    """A new host's disks: the OS files, on a prepared image everything installed, and a
+    data disk (size GiB, the snapshot files it was made from or None for a blank one)."""
     if _state_path(host_dir).exists():
         return
+    if data_disk is not None:
+        size, content = data_disk
+        weights = host_dir.joinpath(*WEIGHTS_DIR)
+        if content is not None:
+            shutil.copytree(content, weights, symlinks=True, dirs_exist_ok=True)
+        disk = {"size_gb": size, "label": content is not None, "mounted": False}
+    else:
+        disk = None
     for directory in ("etc/apt/sources.list.d", "etc/modprobe.d", "var/lib"):  # Ubuntu's own
         (host_dir / directory).mkdir(parents=True, exist_ok=True)
     (host_dir / "etc" / "os-release").write_text(OS_RELEASE)
     bin_dir(host_dir).mkdir(parents=True, exist_ok=True)
     state = load(host_dir)
+    state["data_disk"] = disk
     if not bare:
         for pkg in ("cuda-drivers", "nvidia-fabricmanager", "docker-ce", "nvidia-container-toolkit",
                     "ibverbs-utils"):
@@ -364,6 +380,85 @@ def ibv_devices(host_dir: Path, root: Path, argv: list[str], write_shim) -> int:
     return 0
 
 
+def _disk(host_dir: Path) -> dict | None:
+    return load(host_dir).get("data_disk")
+
+
+def mountpoint(host_dir: Path, root: Path, argv: list[str], write_shim) -> int:
+    path = Path([a for a in argv if not a.startswith("-")][-1])
+    disk = _disk(host_dir)
+    if path == host_dir.joinpath(*WEIGHTS_DIR) and disk and disk["mounted"]:
+        return 0
+    if "-q" not in argv:
+        print(f"{path} is not a mountpoint")
+    return 32
+
+
+def blkid(host_dir: Path, root: Path, argv: list[str], write_shim) -> int:
+    disk = _disk(host_dir)
+    if "-L" in argv and disk and disk["label"] and argv[argv.index("-L") + 1] == "servenest-weights":
+        print(DATA_DISK)
+        return 0
+    return 2
+
+
+def lsblk(host_dir: Path, root: Path, argv: list[str], write_shim) -> int:
+    disk = _disk(host_dir)
+    devices = [a for a in argv if a.startswith("/dev/")]
+    if not devices:  # -dpno NAME,TYPE: the whole disks
+        print(f"{SYSTEM_DISK} disk")
+        if disk:
+            print(f"{DATA_DISK} disk")
+        return 0
+    for dev in devices:
+        if dev == SYSTEM_DISK:
+            print("ext4" if "FSTYPE" in " ".join(argv) else "vda\nvda1\nvda2")
+        elif dev == DATA_DISK and disk:
+            print(("ext4" if disk["label"] else "") if "FSTYPE" in " ".join(argv) else "vdb")
+        else:
+            _err(f"lsblk: {dev}: not a block device")
+            return 32
+    return 0
+
+
+def mkfs_ext4(host_dir: Path, root: Path, argv: list[str], write_shim) -> int:
+    state = load(host_dir)
+    disk = state.get("data_disk")
+    if argv[-1:] != [DATA_DISK] or not disk:
+        _err(f"mke2fs: {NOTE} only the blank data disk {DATA_DISK} can be formatted here")
+        return 1
+    disk["label"] = True
+    shutil.rmtree(host_dir.joinpath(*WEIGHTS_DIR), ignore_errors=True)  # a new, empty filesystem
+    save(host_dir, state)
+    return 0
+
+
+def mount(host_dir: Path, root: Path, argv: list[str], write_shim) -> int:
+    state = load(host_dir)
+    disk = state.get("data_disk")
+    fstab = host_dir / "etc" / "fstab"
+    target = Path([a for a in argv if not a.startswith("-")][-1])
+    if (target != host_dir.joinpath(*WEIGHTS_DIR) or not disk or not disk["label"]
+            or "LABEL=servenest-weights" not in (fstab.read_text() if fstab.exists() else "")):
+        _err(f"mount: {target}: can't find in /etc/fstab.")
+        return 1
+    target.mkdir(parents=True, exist_ok=True)
+    disk["mounted"] = True
+    save(host_dir, state)
+    return 0
+
+
+def data_disk_free(host_dir: Path) -> int | None:
+    """Bytes free on the mounted weights disk (None when the weights live on the system disk)."""
+    disk = _disk(host_dir)
+    if not disk or not disk["mounted"]:
+        return None
+    weights = host_dir.joinpath(*WEIGHTS_DIR)
+    used = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file() and not p.is_symlink())
+    return max(0, disk["size_gb"] * 2**30 - used)
+
+
 HANDLERS = {"apt-get": apt_get, "apt-mark": apt_mark, "dpkg-query": dpkg_query, "curl": curl,
             "systemctl": systemctl, "systemd-run": systemd_run, "modprobe": modprobe,
-            "nvidia-ctk": nvidia_ctk, "ibv_devices": ibv_devices}
+            "nvidia-ctk": nvidia_ctk, "ibv_devices": ibv_devices, "mountpoint": mountpoint, "blkid": blkid,
+            "lsblk": lsblk, "mkfs.ext4": mkfs_ext4, "mount": mount}

@@ -270,3 +270,62 @@ def test_the_readiness_check_names_each_host_and_problem(tmp_path):
             emu.hosts.set_fault(fault, 0)
         topology.teardown()
         assert not live(emu)
+
+
+def test_a_second_provision_starts_from_the_weights_cache(api_key_secret, tmp_path, capsys):
+    """Cold staging leaves a snapshot; the next provision's disks come from it and move no
+    bytes; a corrupt copy is caught by the manifest and restaged; a failed snapshot only
+    costs the cache."""
+    import json
+
+    from flows.provision import provision
+    from flows.sweep import sweep
+    from flows.teardown import teardown
+    from servenest.cli import main
+
+    spec = ecs_spec("it-cache", api_key_secret, weights={"cache": "snapshot"}, health={"deadline_s": 60})
+
+    def cache_ls() -> list[dict]:
+        capsys.readouterr()
+        assert main(["cache", "ls", "--format", "json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    with emulated_cloud("noop", root=tmp_path / "hosts") as emu:
+        hosts = emu.hosts
+        provision(spec)
+        cold_bytes = hosts.bytes_downloaded()
+        assert cold_bytes > 0
+        [(iid, _)] = emu.instances.items()
+        [disk] = [d for d in emu.disks.values() if d["InstanceId"] == iid]
+        assert disk["DiskName"] == "servenest-weights" and not disk["SourceSnapshotId"]
+        teardown(spec.name)
+        [entry] = cache_ls()
+        assert entry["model"] == "Qwen/Qwen3-0.6B" and entry["revision"] == "default" and entry["bytes"] > 0
+        assert len(entry["digest"]) == 64 and entry["monthly_cny"] >= 0
+        snapshot_id = entry["where"].split()[0]
+        assert cache_ls()[0]["status"] == "accomplished"
+        # The sweep keeps it while a spec names the model (deployments/qwen3-0-6b.yaml does).
+        assert snapshot_id not in sweep(min_age_minutes=0)["stale_cache"]
+
+        # Warm: the disk is made from the snapshot; nothing is downloaded.
+        result = provision(spec)
+        assert result["gate_passed"] and hosts.bytes_downloaded() == cold_bytes
+        [(iid, _)] = emu.instances.items()
+        [disk] = [d for d in emu.disks.values() if d["InstanceId"] == iid]
+        assert disk["SourceSnapshotId"] == snapshot_id
+        staging = next(c for c in hosts.commands(iid) if "ServeNest staging" in c)
+        assert "FULL_VERIFY=1" in staging  # a cached copy is checked file by file
+        teardown(spec.name)
+
+        # A corrupt cache: detected by the manifest, restaged, and replaced.
+        shard = next((emu.snapshot_root / snapshot_id).rglob("*.safetensors"))
+        shard.write_bytes(b"\0" * shard.stat().st_size)  # same size: only sha256 can tell
+        emu.faults.fail_snapshots = 1  # ... and the replacement snapshot fails: serving goes on
+        assert provision(spec)["gate_passed"]
+        assert hosts.bytes_downloaded() == 2 * cold_bytes
+        cache_ls()  # the new snapshot settles on the next look
+        statuses = {e["where"].split()[0]: e["status"] for e in cache_ls()}
+        assert snapshot_id not in statuses and list(statuses.values()) == ["failed"]
+        assert list(statuses) == sweep(dry_run=False, min_age_minutes=0)["cache_deleted"]
+        teardown(spec.name)
+        assert not live(emu) and not emu.disks
