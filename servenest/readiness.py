@@ -158,7 +158,7 @@ def peer_problems(worker_id: str, master_id: str, address: str, facts: dict[str,
 
 
 FACTS_TIMEOUT_S = 3600  # the first `docker run` pulls the engine image (tens of GB)
-POLL_S = (10.0, 3.0, 300.0)  # an image pull takes minutes; a present image answers in one poll
+POLL_S = (15.0, 3.0, 600.0)  # an image pull takes minutes; a present image answers in one poll
 
 
 def check_hosts(assistant, spec: DeploymentSpec, instance_type: str, instances: list[dict],

@@ -101,11 +101,16 @@ def _link_mbps(spec: DeploymentSpec) -> float:
     return spec.cloud.bandwidth_mbps or NAT_ASSUMED_MBPS
 
 
-def _cached_weights(spec: DeploymentSpec) -> Phase:
+def _weights_disk_gib(spec: DeploymentSpec) -> int:
+    """The disk the weights live on: their own data disk with a cache, else the system disk."""
     from servenest.cloud.weights_cache import weights_disk
 
+    return weights_disk(spec)["Size"] if spec.weights.cache == "snapshot" else spec.cloud.system_disk_gb
+
+
+def _cached_weights(spec: DeploymentSpec) -> Phase:
     size = spec.model_info.weight_gb * GB
-    rate = essd_pl1_bytes_per_s(weights_disk(spec)["Size"]) * SNAPSHOT_FIRST_READ_FACTOR
+    rate = essd_pl1_bytes_per_s(_weights_disk_gib(spec)) * SNAPSHOT_FIRST_READ_FACTOR
     rate = min(rate, SHA256_BYTES_PER_S)
     return Phase("weights", size / rate, f"{size / GB:.0f} GB on a disk made from the cache snapshot, "
                  f"every file checked (sha256) at {rate / 1e6:.0f} MB/s as its blocks arrive")
@@ -123,7 +128,7 @@ def _phases(spec: DeploymentSpec, warm: bool, cached: bool = False) -> list[Phas
     itype = get_instance_type(spec.cloud.instance_types[0])
     bare_metal = "bare metal" in itype.notes
     size = spec.model_info.weight_gb * GB
-    disk = essd_pl1_bytes_per_s(spec.cloud.system_disk_gb)
+    disk = essd_pl1_bytes_per_s(_weights_disk_gib(spec))
     out = [Phase("instance creation", CREATE_BARE_METAL_S if bare_metal else CREATE_VM_S,
                  f"{'bare metal' if bare_metal else 'VM'} {itype.name} and its network (assumed)")]
     if warm or spec.cloud.image_prepared:

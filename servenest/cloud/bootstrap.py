@@ -54,7 +54,7 @@ READY_LINE = re.compile(r"servenest-bootstrap: ready version=(\S+) driver=(\S+) 
 REBOOT_LINE = "servenest-bootstrap: reboot-required"
 # The agent enforces this; a driver's DKMS build plus docker and the toolkit take 5-15 min.
 TIMEOUT_S = 3600
-POLL_S = (10.0, 3.0, 300.0)  # minutes-long steps: few polls (the API-call budget), a ready host in one
+POLL_S = (15.0, 3.0, 600.0)  # minutes-long steps: few polls (the API-call budget), a ready host in one
 REBOOT_WAIT_S = 180.0  # an ECS GPU instance reboots and its agent reconnects in 1-3 minutes
 MAX_REBOOTS = 2
 HEADER = "#!/usr/bin/env bash\nset -euo pipefail\n"

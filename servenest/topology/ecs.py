@@ -46,7 +46,7 @@ from servenest.state import DeploymentState
 from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
 
 log = logging.getLogger(__name__)
-STAGING_POLL_S = (15.0, 1.5, 120.0)  # a download takes minutes to hours: poll gently
+STAGING_POLL_S = (20.0, 1.8, 180.0)  # a download takes minutes to hours: poll gently
 STAGING_RATE_BPS = 100e6  # what the progress estimate and the staging timeout assume
 
 

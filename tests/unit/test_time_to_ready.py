@@ -77,3 +77,13 @@ def test_the_price_preview_shows_the_table_for_ecs_only(make_spec):
     md = price_markdown(shipped("qwq-32b-4xa10"), est)
     assert "## Time to ready" in md and "| weights |" in md and "about 10 min" in md
     assert "Time to ready" not in price_markdown(make_spec("local"), est)
+
+
+def test_the_cache_case_and_the_sources_compared(make_spec):
+    spec = shipped("qwen3-235b")
+    assert spec.weights.cache == "snapshot"
+    est = time_to_ready.estimate(spec)
+    assert "cached" in est and est["cached"]["total_s"] < est["cold"]["total_s"]
+    by_source = est["weights_by_source_s"]
+    assert by_source["data-disk snapshot (chosen)"] < by_source["modelscope (no cache)"]
+    assert "cached" not in time_to_ready.estimate(spec.with_section("weights", cache="none"))
