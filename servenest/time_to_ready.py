@@ -6,7 +6,8 @@ the manifest's hashing), engine load, gate. Two cases:
 
 - ``cold``: a fresh account: public image, nothing on the disks;
 - ``warm``: hosts that already have it all (bootstrap stamp, engine image, weights that
-  verify in place): a rerun, a relaunch, an in-place redeploy on the same stack;
+  verify in place): a rerun, a relaunch, an in-place redeploy on the same stack (which
+  provision adopts: no instance creation);
 - ``cached`` (``weights.cache: snapshot`` with an entry): new hosts whose weights disk is
   made from the cache snapshot: nothing downloaded, every file checked against the
   manifest while the disk fetches its blocks from snapshot storage on first read.
@@ -129,8 +130,11 @@ def _phases(spec: DeploymentSpec, warm: bool, cached: bool = False) -> list[Phas
     bare_metal = "bare metal" in itype.notes
     size = spec.model_info.weight_gb * GB
     disk = essd_pl1_bytes_per_s(_weights_disk_gib(spec))
-    out = [Phase("instance creation", CREATE_BARE_METAL_S if bare_metal else CREATE_VM_S,
-                 f"{'bare metal' if bare_metal else 'VM'} {itype.name} and its network (assumed)")]
+    if warm:  # the same stack: provision adopts it
+        out = [Phase("instance creation", 0.0, "the stack exists; provision adopts it")]
+    else:
+        out = [Phase("instance creation", CREATE_BARE_METAL_S if bare_metal else CREATE_VM_S,
+                     f"{'bare metal' if bare_metal else 'VM'} {itype.name} and its network (assumed)")]
     if warm or spec.cloud.image_prepared:
         out.append(Phase("bootstrap", BOOTSTRAP_WARM_S, "stamp found / prepared image: checks only"))
     else:
