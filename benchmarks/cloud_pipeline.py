@@ -3,11 +3,17 @@
     .venv/bin/python benchmarks/cloud_pipeline.py calls            # API calls per provision + teardown
     .venv/bin/python benchmarks/cloud_pipeline.py faults --runs 100  # 30% throttling + random 5xx
 
-``calls``: one ecs-single lifecycle (preflight, price, provision, stage, launch, the gate's
-liveness checks, teardown) with the DEFAULT polling schedules, on a virtual clock: the stack
-takes ``--create-s`` to create and ``--delete-s`` to delete, staging takes ``--staging-s``,
-the engine ``--load-s`` to load (the gate checks liveness through Cloud Assistant at most
-every ``status_cache_s``). Target: 60 calls or fewer.
+``calls``: one ecs-single lifecycle (preflight, price, provision, host bootstrap, readiness
+check, stage, launch, the gate's liveness checks, teardown) with the DEFAULT polling
+schedules, on a virtual clock: the stack takes ``--create-s`` to create and ``--delete-s``
+to delete, the bootstrap ``--bootstrap-s`` (cold: driver, docker and toolkit installed),
+the readiness check ``--pull-s`` (its `docker run` pulls the engine image), staging
+``--staging-s``, the engine ``--load-s`` to load (the gate checks liveness through Cloud
+Assistant at most every ``status_cache_s``). ``--warm``: a host that has it all (bootstrap
+finds its stamp, the image is there, the weights verify in place). ``--cache``: the spec
+keeps a weights cache (one DescribeSnapshots before the stack; cold: DescribeDisks and
+CreateSnapshot after staging; with ``--warm`` the entry exists and the disks come from it).
+Target: 60 calls or fewer.
 
 ``faults``: ``--runs`` real provision + teardown flows (Prefect, the health gate against the
 no-op engine on each emulated instance) with ``--throttle`` throttling, ``--errors`` 5xx
@@ -62,8 +68,15 @@ class VirtualClock:
 
 
 def host_answers(content: str, _iid: str):
+    if "ServeNest host bootstrap" in content:
+        return 0, "servenest-bootstrap: ready version=1 driver=535.183.06 gpus=2\n"
+    if "ServeNest readiness facts" in content:
+        return 0, "".join(f"servenest-ready: {k}={v}\n" for k, v in (
+            ("gpus", 2), ("memory_mib", "23028,23028"), ("fabric", "inactive"), ("disk_free", 190 * 10**9),
+            ("weights_present", 0), ("docker_gpus", 2)))
     if "ServeNest staging" in content:
-        return 0, f"servenest-weights: files=12 bytes=16400000000 digest={'a' * 64}\n"
+        reused = "skipping download\n" if "FULL_VERIFY=1" in content else ""  # the cache's copy checks out
+        return 0, f"{reused}servenest-weights: files=12 bytes=16400000000 digest={'a' * 64}\n"
     if "docker inspect" in content:
         return 0, "running 0 0\n"
     return 0, "ok\n"
@@ -74,7 +87,14 @@ def count_calls(args) -> dict:
 
     clock = VirtualClock()
 
+    if args.warm:
+        args.bootstrap_s, args.pull_s, args.staging_s = 5.0, 10.0, 30.0
+
     def took(script: str) -> float:
+        if "ServeNest host bootstrap" in script:
+            return args.bootstrap_s
+        if "ServeNest readiness facts" in script:
+            return args.pull_s
         if "ServeNest staging" in script:
             return args.staging_s
         if "ServeNest launch" in script:
@@ -88,7 +108,17 @@ def count_calls(args) -> dict:
         os.environ["SERVENEST_HOME"] = home
         os.environ[EMULATOR_ENV] = emu.endpoint
         os.environ.pop("SERVENEST_CLOUD_TIME_SCALE", None)
-        spec = load_spec_data(SPEC)
+        data = dict(SPEC)
+        if args.cache:
+            data["weights"] = {"cache": "snapshot"}
+            if args.warm:  # an entry made by an earlier provision
+                emu.snapshots["s-warmentry0000000000"] = {
+                    "SnapshotId": "s-warmentry0000000000", "Status": "accomplished", "_polls": 9,
+                    "_fails": False, "_disks_made": 0, "SourceDiskId": "", "CreationTime": "2026-12-01T00:00:00Z",
+                    "Tags": {"Tag": [{"TagKey": k, "TagValue": v} for k, v in {
+                        "servenest:cache": "weights", "servenest:model": SPEC["model"],
+                        "servenest:revision": "default", "servenest:digest": "a" * 64}.items()]}}
+        spec = load_spec_data(data)
         topo = EcsTopology(spec, DeploymentState(spec.name, spec.topology))
         topo.clock = clock.now
         topo.session.sleep = clock.sleep
@@ -102,6 +132,8 @@ def count_calls(args) -> dict:
         phase("preflight", topo.preflight)
         phase("price", topo.estimate)
         phase("provision", topo.provision)
+        phase("bootstrap hosts", topo.prepare_hosts)
+        phase("check hosts", topo.check_hosts)
         phase("stage weights", topo.stage_weights)
         phase("launch", lambda: topo.launch("sk-bench"))
 
@@ -115,7 +147,9 @@ def count_calls(args) -> dict:
         phase("teardown", topo.teardown)
     total = sum(phases.values())
     return {"calls_total": total, "target": 60, "met": total <= 60, "per_phase": phases,
-            "modelled_seconds": {"create": args.create_s, "delete": args.delete_s,
+            "modelled_seconds": {"create": args.create_s, "delete": args.delete_s, "warm": args.warm,
+                                 "cache": args.cache,
+                                 "bootstrap": args.bootstrap_s, "image_pull": args.pull_s,
                                  "staging": args.staging_s, "engine_load": args.load_s},
             "timings": CloudTimings().__dict__}
 
@@ -192,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--create-s", type=float, default=300.0)
     c.add_argument("--delete-s", type=float, default=120.0)
     c.add_argument("--staging-s", type=float, default=600.0)
+    c.add_argument("--bootstrap-s", type=float, default=600.0)
+    c.add_argument("--pull-s", type=float, default=300.0)
+    c.add_argument("--warm", action="store_true")
+    c.add_argument("--cache", action="store_true")
     c.add_argument("--load-s", type=float, default=180.0)
     f = sub.add_parser("faults")
     f.add_argument("--runs", type=int, default=100)

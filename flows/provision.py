@@ -9,6 +9,7 @@ from servenest.spec import DeploymentSpec
 from servenest.timing import StageTimer
 from servenest.topology import open_topology
 from tasks.artifacts import publish_stage_timings
+from tasks.hosts import bootstrap_hosts, check_hosts
 from tasks.infrastructure import preflight, provision_infrastructure
 from tasks.quota import check_scaling_quota
 from tasks.secrets import load_api_key
@@ -53,6 +54,10 @@ def provision(spec: DeploymentSpec, keep_on_failure: bool = False, load_check: b
                     approve_spend(spec, estimate)
             with timer.stage("provision"):
                 provision_infrastructure(topology)
+            with timer.stage("bootstrap hosts"):
+                bootstrap_hosts(topology)
+            with timer.stage("check hosts"):
+                check_hosts(topology)
             with timer.stage("stage weights"):
                 stage_weights(topology)
             gate = serve(topology, api_key, timer, load_check or spec.benchmark.enabled)

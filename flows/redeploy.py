@@ -23,6 +23,7 @@ from servenest.spec import DeploymentSpec
 from servenest.timing import StageTimer
 from servenest.topology import TOPOLOGIES, Estimate, Topology, open_topology
 from tasks.artifacts import publish_stage_timings
+from tasks.hosts import bootstrap_hosts, check_hosts
 from tasks.infrastructure import preflight, provision_infrastructure, teardown_deployment
 from tasks.quota import QuotaBusyError, hold_gpus, read_gpu_limits
 from tasks.registry import find_endpoint, record_benchmark, registered
@@ -157,6 +158,10 @@ def _bring_up_and_prove(
     SLOs met and no regression against the deployment's trend."""
     with timer.stage("provision"):
         provision_infrastructure(topology)
+    with timer.stage("bootstrap hosts"):
+        bootstrap_hosts(topology)
+    with timer.stage("check hosts"):
+        check_hosts(topology)
     with timer.stage("stage weights"):
         stage_weights(topology)
     gate = serve(topology, api_key, timer, run_load_check=False)

@@ -143,6 +143,9 @@ class InstanceType:
     vcpu: int
     memory_gib: int
     notes: str = ""
+    # 8-GPU NVSwitch machines: CUDA needs nvidia-fabricmanager (of the driver's exact
+    # version) running before any GPU can be used (NVIDIA Fabric Manager user guide).
+    nvswitch: bool = False
 
     @property
     def gpu_memory_gib(self) -> int:
@@ -164,7 +167,8 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
         InstanceType("ecs.gn8is-2x.8xlarge", "L20", 2, 32, 256, "region-restricted"),
         InstanceType("ecs.gn8is-4x.16xlarge", "L20", 4, 64, 512, "region-restricted"),
         InstanceType("ecs.gn8is-8x.32xlarge", "L20", 8, 128, 1024, "region-restricted"),
-        InstanceType("ecs.ebmgn8v.48xlarge", "H20", 8, 192, 1024, "bare metal, UEFI images only"),
+        InstanceType("ecs.ebmgn8v.48xlarge", "H20", 8, 192, 1024, "bare metal, UEFI images only",
+                     nvswitch=True),
     ]
 }
 

@@ -377,6 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "to rehearse the cloud steps in seconds)")
     u.set_defaults(fn=cmd_up)
 
+    ca = sub.add_parser("cache", help="list or remove weights-cache entries (ECS snapshots)")
+    ca_sub = ca.add_subparsers(dest="action", required=True)
+    for name, help_text in (("ls", "list the entries of a region"), ("rm", "remove one entry")):
+        one = ca_sub.add_parser(name, help=help_text)
+        if name == "rm":
+            one.add_argument("snapshot_id")
+        else:
+            one.add_argument("--format", choices=["text", "json"], default="text")
+        one.add_argument("--region", default="cn-hangzhou")
+        one.add_argument("--credentials-block", default="default")
+    ca.set_defaults(fn=cmd_cache)
+
     dn = sub.add_parser("down", help="tear a deployment down (the teardown flow)")
     dn.add_argument("name")
     dn.set_defaults(fn=cmd_down)
@@ -431,6 +443,31 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("secret", nargs="?")
     k.set_defaults(fn=cmd_key)
     return p
+
+
+def cmd_cache(args) -> int:
+    """The weights cache of a region: list its entries, or remove one."""
+    from servenest.cloud import weights_cache
+    from servenest.cloud.credentials import open_session
+
+    session = open_session(args.region, args.credentials_block)
+    if args.action == "rm":
+        found = weights_cache.entry(session, args.snapshot_id)
+        if found is None or found.model == "?":
+            raise ServeNestError(f"{args.snapshot_id} is not a ServeNest weights-cache entry in {args.region}")
+        weights_cache.delete(session, args.snapshot_id)
+        print(f"removed {args.snapshot_id} ({found.model}@{found.revision}, {found.bytes / 1e9:.1f} GB)")
+        return 0
+    rows = [e.row() for e in weights_cache.entries(session)]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no weights-cache entries in {args.region}")
+    for r in rows:
+        print(f"{r['model']}@{r['revision']}  digest {r['digest'][:12]}  {r['size_gb']} GB  {r['where']}  "
+              f"created {r['created']}  {r['status']}  ~{r['monthly_cny']} CNY/month")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

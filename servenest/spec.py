@@ -135,6 +135,12 @@ class WeightsSpec(_Strict):
     verify: Literal["quick", "full"] = Field(
         "quick", description="quick: sizes against the manifest; full: sha256 of every file."
     )
+    cache: Literal["none", "snapshot"] = Field(
+        "none", description="ECS: keep the weights on their own data disk and, after the first "
+        "verified staging, a snapshot of it that later provisions of the model start from.")
+    max_staging_hours: float = Field(
+        4.0, gt=0, description="Refuse (before any spend) a spec whose cold staging on cloud "
+        "hosts would take longer than this (servenest/time_to_ready.py).")
 
     @model_validator(mode="after")
     def _source_fields(self) -> WeightsSpec:
@@ -188,6 +194,9 @@ class CloudSpec(_Strict):
     gpu_kind: str | None = Field(None, description="ACK/ACS GPU kind (A10, H20, PPU...).")
     gpus_per_node: int | None = Field(None, ge=1, le=16, description="ACK/ACS GPUs per pod.")
     image: str | None = Field(None, description="ECS image id or family.")
+    image_prepared: bool = Field(
+        False, description="cloud.image already carries the NVIDIA driver, docker and "
+        "nvidia-container-toolkit (a custom image): the host bootstrap only checks them.")
     system_disk_gb: int = Field(200, ge=20, le=32768, description="System disk size.")
     disk_category: str = Field("cloud_essd", description="ECS disk category.")
     bandwidth_mbps: int = Field(0, ge=0, le=1000, description="Public bandwidth; 0 = none.")

@@ -8,6 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from servenest import time_to_ready
+from servenest.cloud import weights_cache
 from servenest.errors import ApprovalDeniedError, BudgetExceededError
 from servenest.spec import DeploymentSpec
 from servenest.topology import Estimate, Topology
@@ -50,6 +52,8 @@ def price_markdown(spec: DeploymentSpec, estimate: Estimate) -> str:
         + f"Budget: {budget_text}. "
         + (estimate.note or "Pay-as-you-go list price from ROS GetTemplateEstimateCost; "
            "billing starts when the stack is created and stops at teardown.") + "\n"
+        + ("\n" + time_to_ready.markdown(spec) if spec.topology in ("ecs-single", "ecs-dual") else "")
+        + _cache_line(spec)
     )
 
 
@@ -84,3 +88,13 @@ def approve_spend(spec: DeploymentSpec, estimate: Estimate) -> SpendApproval:
                                   + (f": {answer.note}" if answer.note else ""))
     logger.info("spend for %s approved%s", spec.name, f" ({answer.note})" if answer.note else "")
     return answer
+
+
+def _cache_line(spec: DeploymentSpec) -> str:
+    if spec.topology not in ("ecs-single", "ecs-dual") or spec.weights.cache != "snapshot":
+        return ""
+    cache = weights_cache.plan(spec)
+    return (f"\nWeights cache: a snapshot of the weights disk ({spec.model_info.weight_gb:.0f} GB) is kept "
+            f"after the first verified staging, about {cache['monthly_cny']:.2f} CNY/month of snapshot "
+            f"storage (assumed list price {weights_cache.SNAPSHOT_CNY_PER_GB_MONTH} CNY/GB-month) while it "
+            "exists; `servenest cache ls` lists it, `servenest cache rm` removes it.\n")

@@ -31,15 +31,16 @@ from typing import Any
 import yaml
 
 from servenest.catalog import get_instance_type
+from servenest.cloud.weights_cache import weights_disk
 from servenest.spec import DeploymentSpec
 
 TEMPLATE_VERSION = "2015-09-01"
 VPC_CIDR = "192.168.0.0/16"
 VSWITCH_CIDR = "192.168.0.0/24"
-# Fuzzy image id (ROS resolves it to the newest matching public image). The image must
-# carry the NVIDIA driver, docker and nvidia-container-toolkit (the launch script checks);
-# set cloud.image to a GPU/ComputeNest image that has them. ebmgn8v needs a UEFI image,
-# so for those types cloud.image is required.
+# Fuzzy image id (ROS resolves it to the newest matching public image). The host
+# bootstrap (servenest/cloud/bootstrap.py) installs the NVIDIA driver, docker and
+# nvidia-container-toolkit on it; a custom image that has them sets cloud.image_prepared.
+# ebmgn8v boots UEFI images only, so for those types cloud.image is required.
 DEFAULT_IMAGE = "ubuntu_22"
 
 _CIDR_PARAMETER = "VSwitchCidrBlock"
@@ -96,8 +97,11 @@ def _ingress(cidr: str, port_range: str, protocol: str, description: str) -> dic
     return rule
 
 
-def render_template(spec: DeploymentSpec, zone: str, instance_type: str) -> dict[str, Any]:
-    """The ROS template (ROSTemplateFormatVersion 2015-09-01) for one placement of the spec."""
+def render_template(spec: DeploymentSpec, zone: str, instance_type: str,
+                    weights_snapshot: str | None = None) -> dict[str, Any]:
+    """The ROS template (ROSTemplateFormatVersion 2015-09-01) for one placement of the spec;
+    with ``weights.cache: snapshot`` each instance gets a weights data disk, made from
+    ``weights_snapshot`` (a cache entry) when given."""
     roles = _roles(spec)
     _check_placement(spec, zone, instance_type)
     existing_net, existing_sg = _network_mode(spec)
@@ -179,6 +183,8 @@ def render_template(spec: DeploymentSpec, zone: str, instance_type: str) -> dict
         }
         if public_ip:
             props["InternetChargeType"] = "PayByTraffic"
+        if spec.weights.cache == "snapshot":
+            props["DiskMappings"] = [weights_disk(spec, weights_snapshot)]
         resources[_logical_name(role)] = {"Type": "ALIYUN::ECS::Instance", "Properties": props}
 
     names = [_logical_name(r) for r in roles]
@@ -227,9 +233,10 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def render_template_yaml(spec: DeploymentSpec, zone: str, instance_type: str) -> str:
+def render_template_yaml(spec: DeploymentSpec, zone: str, instance_type: str,
+                         weights_snapshot: str | None = None) -> str:
     return yaml.dump(
-        render_template(spec, zone, instance_type), Dumper=_NoAliasDumper, sort_keys=False,
+        render_template(spec, zone, instance_type, weights_snapshot), Dumper=_NoAliasDumper, sort_keys=False,
         allow_unicode=True, width=120,
     )
 

@@ -1,4 +1,5 @@
-"""Which ServeNest stacks no deployment owns any more (the sweep flow deletes them)."""
+"""Which ServeNest stacks and weights-cache entries nothing needs any more (the sweep flow
+deletes them)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,10 @@ def find_orphans(stacks: list[dict], owned: set[str], now: dt.datetime, min_age_
         out.append(Orphan(stack["StackId"], stack.get("StackName", ""), deployment,
                           stack.get("Status", ""), round(age, 1)))
     return out
+
+
+def stale_cache_entries(entries: list, in_use: set[tuple[str, str]]) -> list:
+    """Cache entries (weights_cache.Entry) that failed, or whose (model, revision) no spec
+    or recorded deployment names; one still being made is left alone."""
+    return [e for e in entries if e.status == "failed"
+            or (e.status == "accomplished" and (e.model, e.revision) not in in_use)]

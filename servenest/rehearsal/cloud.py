@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl
 import yaml
 
 from servenest.catalog import INSTANCE_TYPES as KNOWN_INSTANCE_TYPES
+from servenest.rehearsal.disks import DisksMixin
 from servenest.rehearsal.http import EmulatorHandler
 
 ROS_VERSION = "2019-09-10"
@@ -124,6 +125,7 @@ class Faults:
     fail_resources: dict[str, str] = field(default_factory=dict)
     stuck_stacks: set[str] = field(default_factory=set)
     denied_access_keys: set[str] = field(default_factory=set)
+    fail_snapshots: int = 0  # the next N CreateSnapshot calls end in status failed
 
     def update(self, values: dict[str, Any]) -> None:
         """Set knobs from a JSON-like dict (lists become sets where the field is a set)."""
@@ -327,8 +329,10 @@ class _Invocation:
     pending: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
-class CloudEmulator:
-    """In-process Alibaba Cloud emulator (ROS, ECS Cloud Assistant/pricing, CS)."""
+class CloudEmulator(DisksMixin):
+    """In-process Alibaba Cloud emulator (ROS, ECS Cloud Assistant/pricing/disks/snapshots, CS)."""
+
+    ApiError = ApiError  # for the mixins
 
     def __init__(
         self,
@@ -383,6 +387,7 @@ class CloudEmulator:
         self.invocations: dict[str, _Invocation] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, dict[str, Any]] = {}
+        self._disks_init()
         self._next_loopback = 2
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -439,6 +444,7 @@ class CloudEmulator:
             self.invocations.clear()
             self.instances.clear()
             self.clusters.clear()
+            self._disks_init()
             self.faults = Faults()
             self.rng = random.Random(self.seed)
 
@@ -713,7 +719,10 @@ class CloudEmulator:
                         "instance_id": iid, "private_ip": private[-1], "public_ip": public[-1],
                         "zone": zone, "stack_id": stack.stack_id, "logical_id": res.logical_id,
                         "instance_type": str(self._resolve(stack, res.properties.get("InstanceType", ""))),
+                        "image_id": str(self._resolve(stack, res.properties.get("ImageId", ""))),
+                        "system_disk_gb": int(self._resolve(stack, res.properties.get("SystemDiskSize", 40)) or 40),
                     }
+                    self._create_data_disks(iid, self._resolve(stack, res.properties.get("DiskMappings")) or [])
                 if res.type == "ALIYUN::ECS::Instance":
                     res.physical_id = ids[0]
                     res.attrs = {
@@ -768,6 +777,7 @@ class CloudEmulator:
         gone = [iid for iid, i in self.instances.items() if i["stack_id"] == stack.stack_id]
         for iid in gone:
             del self.instances[iid]
+        self._release_disks(gone)
         if gone and self.on_instances_released is not None:
             self.on_instances_released(gone)
 
@@ -888,6 +898,10 @@ class CloudEmulator:
             zone = str(self._resolve(stack, res.properties.get("ZoneId", "")) or "")
             if itype in f.out_of_stock_instance_types or (zone and zone in f.out_of_stock_zones):
                 return "OperationDenied.NoStock", NO_STOCK_MESSAGE
+            for m in self._resolve(stack, res.properties.get("DiskMappings")) or []:
+                snap = m.get("SnapshotId")
+                if snap and self.snapshots.get(snap, {}).get("Status") != "accomplished":
+                    return "InvalidSnapshotId.NotFound", f"The specified snapshot {snap} does not exist."
         return None
 
     def _finish_create(self, stack: _Stack) -> None:

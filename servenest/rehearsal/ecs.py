@@ -2,7 +2,9 @@
 
 ``servenest up SPEC --emulate`` and the end-to-end tests use it to run a cloud pipeline
 without an account: ROS stacks and Cloud Assistant are emulated, the host scripts really
-run (with shims for docker, nvidia-smi and modelscope), and each emulated instance serves
+run (hosts of a public image start bare, and the host bootstrap installs the driver,
+docker and the toolkit through stand-in apt-get/curl; shims stand in for docker,
+nvidia-smi and modelscope), and each emulated instance serves
 the built-in tiny model with the real CPU vLLM on its own loopback address.
 """
 
@@ -27,6 +29,12 @@ def emulated_hosts(emu: CloudEmulator, root: Path, engine: str = "vllm", **kw) -
     hosts = EmulatedHosts(root, engine=engine, **kw)
     hosts.address_of = lambda iid: emu.instances[iid]["private_ip"]
     hosts.instance_type_of = lambda iid: (emu.instances.get(iid) or {}).get("instance_type")
+    hosts.image_of = lambda iid: (emu.instances.get(iid) or {}).get("image_id")
+    hosts.system_disk_gb_of = lambda iid: (emu.instances.get(iid) or {}).get("system_disk_gb")
+    hosts.data_disk_of = lambda iid: next(
+        ((d["Size"], emu.disk_content(iid)) for d in emu.disks.values() if d["InstanceId"] == iid), None)
+    emu.snapshot_source = lambda iid: hosts.sandbox(iid) / "root" / "llm-model"
+    emu.snapshot_root = Path(root) / ".snapshots"
     emu.command_handler = hosts.run
     emu.on_instances_released = hosts.release
     emu.require_known_instances = True

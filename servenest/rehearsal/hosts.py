@@ -49,12 +49,19 @@ from pathlib import Path
 
 from servenest import process
 from servenest.locks import file_lock
+from servenest.rehearsal import packages
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL_SCRIPT = REPO_ROOT / "servenest" / "engines" / "tiny_model.py"
-SHIM_NAMES = ("docker", "nvidia-smi", "modelscope", "sleep")
+# On every host's PATH; the tools packages provide (packages.INSTALLABLE) appear in the
+# host's own <sandbox>/usr/bin once installed (a custom image starts with them).
+SHIM_NAMES = ("modelscope", "sleep", "df", *packages.BASE_TOOLS)
+# The host's filesystem roots that live in its sandbox (``/root`` is <sandbox>/root).
+HOST_ROOTS = ("root", "etc", "var")
+OS_AND_DOCKER_BYTES = 10 * 10**9  # what the image and docker take of the system disk
+DOWNLOADS_LOG = ".modelscope-downloads"  # under the root: <instance>\t<model>\t<bytes> per download
 OUTPUT_LIMIT = 24 * 1024  # Cloud Assistant keeps the last 24 KB of a command's output
 TIMEOUT_EXIT = 124
 STOP_GRACE_S = 5.0
@@ -83,7 +90,7 @@ _KEEP_ENV = ("LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "OMP_NUM_THREADS",
 
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHELL_SAFE = re.compile(r"[\w@%+=:,./-]+")
-_ROOT_PATH = re.compile(r"(?<![\w./-])/root(?![\w.-])")
+_ROOT_PATH = re.compile(r"(?<![\w./-])/(root|etc|var)(?![\w.-])")
 _KEY_READ = re.compile(r'^([A-Za-z_]\w*)="\$\(cat (.+)\)"$')
 _TEMPLATE_FIELD = re.compile(r"\{\{\s*\.([\w.]+)\s*\}\}")
 
@@ -116,6 +123,12 @@ class EmulatedHosts:
         self.sleep_scale = sleep_scale
         self.address_of: Callable[[str], str] = lambda _iid: "127.0.0.1"
         self.instance_type_of: Callable[[str], str | None] = lambda _iid: None
+        # The instance's image: a public OS image starts bare; None or a custom image id
+        # starts with the driver, docker and nvidia-container-toolkit installed.
+        self.image_of: Callable[[str], str | None] = lambda _iid: None
+        self.system_disk_gb_of: Callable[[str], int | None] = lambda _iid: None
+        # (size GiB, snapshot files or None) of the instance's data disk, or None.
+        self.data_disk_of: Callable[[str], tuple[int, Path | None] | None] = lambda _iid: None
         self._lock = threading.Lock()
         self._instance_locks: dict[str, threading.Lock] = {}
         self._running: dict[str, subprocess.Popen] = {}
@@ -123,6 +136,7 @@ class EmulatedHosts:
         self._bash = shutil.which("bash") or "/bin/bash"
         self.root.mkdir(parents=True, exist_ok=True)
         self.shim_dir = _write_shims(self.root / ".bin")
+        self.system_bin = _system_bin(self.root / ".sysbin", self.shim_dir)
         atexit.register(self.close)  # a leaked engine outlives everything else
 
     # -- what callers read ---------------------------------------------------------------
@@ -144,6 +158,21 @@ class EmulatedHosts:
                 state["status"], state["exit_code"] = container_status(state)
                 out[state["name"]] = state
         return out
+
+    def set_fault(self, name: str, value: int) -> None:
+        """Faults every host sees: ``fail-driver-install`` (next N driver installs fail),
+        ``nouveau`` (the driver loads only after a reboot), ``missing-gpus`` (nvidia-smi
+        shows N fewer), ``fabric-down`` (nvidia-fabricmanager failed), ``disk-free-gb``
+        (df reports this much free)."""
+        packages.write_fault(self.root, name, value)
+
+    def bytes_downloaded(self) -> int:
+        """What every host's ``modelscope download`` moved so far (the built-in model's files)."""
+        try:
+            lines = (self.root / DOWNLOADS_LOG).read_text().splitlines()
+        except OSError:
+            return 0
+        return sum(int(line.rsplit("\t", 1)[1]) for line in lines if line.strip())
 
     @property
     def fail_downloads(self) -> int:
@@ -174,8 +203,11 @@ class EmulatedHosts:
         address = str(ipaddress.ip_address(self.address_of(instance_id)))
         (sandbox / "root").mkdir(parents=True, exist_ok=True)
         (sandbox / "containers").mkdir(exist_ok=True)
-        info = {"instance_id": instance_id, "address": address, **_gpu_info(self.instance_type_of(instance_id))}
+        info = {"instance_id": instance_id, "address": address, **_gpu_info(self.instance_type_of(instance_id)),
+                "system_disk_gb": self.system_disk_gb_of(instance_id) or 200}
         _write_json(sandbox / "host.json", info)
+        packages.prepare_image(sandbox, packages.is_bare_image(self.image_of(instance_id)), _write_shim,
+                               self.data_disk_of(instance_id))
 
     def _execute(self, instance_id: str, sandbox: Path, script: str) -> tuple[int, str]:
         # An in-memory file: the key-delivery script must reach neither argv nor the disk.
@@ -195,8 +227,11 @@ class EmulatedHosts:
                 finally:
                     with self._lock:
                         self._running.pop(instance_id, None)
-                # What the host would print: its own /root, not the sandbox's path.
-                return code, _output_tail(out, note).replace(str(sandbox / "root"), "/root")
+                # What the host would print: its own paths, not the sandbox's.
+                text = _output_tail(out, note)
+                for top in HOST_ROOTS:
+                    text = text.replace(str(sandbox / top), f"/{top}")
+                return code, text
         finally:
             os.close(fd)
 
@@ -213,7 +248,8 @@ class EmulatedHosts:
         env = {k: os.environ[k] for k in _KEEP_ENV if k in os.environ}
         env.update({
             "HOME": str(sandbox / "root"),
-            "PATH": f"{self.shim_dir}:{_without(os.environ.get('PATH', os.defpath), self.shim_dir)}",
+            "PATH": f"{packages.bin_dir(sandbox)}:{self.shim_dir}:"
+                    f"{self.system_bin}",
             ENV_HOST_DIR: str(sandbox), ENV_ROOT: str(self.root), ENV_ADDRESS: info["address"],
             ENV_ENGINE: self.engine, ENV_ENGINE_PYTHON: self.engine_python,
             ENV_SLEEP_SCALE: repr(float(self.sleep_scale)),
@@ -252,24 +288,46 @@ class EmulatedHosts:
 
 
 def _write_shims(shim_dir: Path) -> Path:
-    shim_dir.mkdir(parents=True, exist_ok=True)
     for name in SHIM_NAMES:
-        path = shim_dir / name
-        _write_text(path, (
-            f"#!{sys.executable}\n"
-            f"# ServeNest emulated-host shim for {name}; see servenest/rehearsal/hosts.py\n"
-            "import sys\n"
-            f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
-            "from servenest.rehearsal.hosts import shim_main\n"
-            f"sys.exit(shim_main({name!r}, sys.argv[1:]))\n"
-        ))
-        path.chmod(0o755)
+        _write_shim(shim_dir, name)
     return shim_dir
 
 
+def _write_shim(shim_dir: Path, name: str) -> None:
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    path = shim_dir / name
+    _write_text(path, (
+        f"#!{sys.executable}\n"
+        f"# ServeNest emulated-host shim for {name}; see servenest/rehearsal/hosts.py\n"
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "from servenest.rehearsal.hosts import shim_main\n"
+        f"sys.exit(shim_main({name!r}, sys.argv[1:]))\n"
+    ))
+    path.chmod(0o755)
+
+
+def _system_bin(target: Path, shim_dir: Path) -> Path:
+    """This machine's PATH as one directory of links, less what a bare host lacks (a
+    docker or nvidia-smi of this machine must not make a bare host look installed)."""
+    hidden = set(packages.INSTALLABLE) | set(SHIM_NAMES)
+    target.mkdir(parents=True, exist_ok=True)
+    seen = {p.name for p in target.iterdir()}
+    for directory in _without(os.environ.get("PATH", os.defpath), shim_dir).split(":"):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                if entry.name in seen or entry.name in hidden or not os.access(entry.path, os.X_OK):
+                    continue
+                seen.add(entry.name)
+                with contextlib.suppress(FileExistsError):
+                    (target / entry.name).symlink_to(entry.path)
+    return target
+
+
 def _rewrite_root(script: str, home: Path) -> str:
-    """Every ``/root`` path of the host, inside the sandbox (``/rootfs`` is left alone)."""
-    return _ROOT_PATH.sub(lambda _m: str(home), script)
+    """Every ``/root``, ``/etc`` and ``/var`` path of the host, inside the sandbox (``home``
+    is ``<sandbox>/root``; ``/rootfs`` or ``/etcd`` are left alone)."""
+    return _ROOT_PATH.sub(lambda m: str(home.parent / m.group(1)), script)
 
 
 def _gpu_info(instance_type: str | None) -> dict:
@@ -392,9 +450,13 @@ class _Host:
 
 def shim_main(name: str, argv: list[str]) -> int:
     """Entry point of the shim executables."""
-    handlers = {"docker": _docker, "nvidia-smi": _nvidia_smi, "modelscope": _modelscope, "sleep": _sleep}
+    handlers = {"docker": _docker, "nvidia-smi": _nvidia_smi, "modelscope": _modelscope, "sleep": _sleep,
+                "df": _df}
     try:
-        return handlers[name](_Host.from_env(), argv)
+        host = _Host.from_env()
+        if name in packages.HANDLERS:
+            return packages.HANDLERS[name](host.dir, host.root, argv, _write_shim)
+        return handlers[name](host, argv)
     except _Fail as exc:
         print(str(exc), file=sys.stderr)
         return exc.code
@@ -417,6 +479,25 @@ def _sleep(host: _Host, argv: list[str]) -> int:
     return 0
 
 
+# -- df --------------------------------------------------------------------------------------
+def _df(host: _Host, argv: list[str]) -> int:
+    """``df -B1 --output=avail PATH``: the instance's system disk, less the OS, docker and
+    what the host's /root holds (or the ``disk-free-gb`` fault)."""
+    if "--output=avail" not in argv:
+        raise _Fail(1, f"{NOTE} only `df -B1 --output=avail PATH` is emulated")
+    forced = packages.read_fault(host.root, "disk-free-gb")
+    on_data = packages.data_disk_free(host.dir)
+    if forced:
+        free = forced * 10**9
+    elif on_data is not None and Path(argv[-1]).is_relative_to(host.dir.joinpath(*packages.WEIGHTS_DIR)):
+        free = on_data
+    else:
+        used = sum(p.stat().st_size for p in host.home.rglob("*") if p.is_file() and not p.is_symlink())
+        free = max(0, int(host.info.get("system_disk_gb") or 200) * 10**9 - OS_AND_DOCKER_BYTES - used)
+    print(f"{'Avail':>15}\n{free:>15}")
+    return 0
+
+
 # -- nvidia-smi ------------------------------------------------------------------------------
 def _gpu_uuid(host: _Host, index: int) -> str:
     h = hashlib.sha256(f"{host.dir.name}/{index}".encode()).hexdigest()
@@ -424,7 +505,12 @@ def _gpu_uuid(host: _Host, index: int) -> str:
 
 
 def _nvidia_smi(host: _Host, argv: list[str]) -> int:
-    info = host.info
+    if not packages.module_loaded(host.dir):
+        raise _Fail(9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+                       "Make sure that the latest NVIDIA driver is installed and running.")
+    info = dict(host.info)
+    info["gpu_count"] = max(0, info["gpu_count"] - packages.read_fault(host.root, "missing-gpus"))
+    info["driver"] = packages.driver_version(host.dir) or packages.PREPARED_DRIVER
     if "-L" in argv or "--list-gpus" in argv:
         for i in range(info["gpu_count"]):
             print(f"GPU {i}: {info['gpu_name']} (UUID: {_gpu_uuid(host, i)})")
@@ -445,7 +531,7 @@ def _nvidia_query(host: _Host, info: dict, fields: list[str], argv: list[str]) -
         "uuid": lambda i: _gpu_uuid(host, i), "count": lambda i: str(info["gpu_count"]),
         "memory.total": lambda i: f"{info['gpu_memory_mib']}{mib}",
         "memory.used": lambda i: f"0{mib}", "memory.free": lambda i: f"{info['gpu_memory_mib']}{mib}",
-        "driver_version": lambda i: "550.54.15",
+        "driver_version": lambda i: info["driver"],
     }
     unknown = [f for f in fields if f.strip() not in values]
     if unknown:
@@ -465,7 +551,7 @@ def _nvidia_table(info: dict) -> str:
     wide = "+" + "-" * 89 + "+"
     lines = [
         time.strftime("%a %b %d %H:%M:%S %Y"), wide,
-        "| NVIDIA-SMI 550.54.15" + "Driver Version: 550.54.15".rjust(40) + "CUDA Version: 12.4".rjust(23) + "     |",
+        f"| NVIDIA-SMI {info['driver']}" + f"Driver Version: {info['driver']}".rjust(40) + "CUDA Version: 12.4".rjust(23) + "     |",
         rule.replace("+", "|", 1)[:-1] + "|",
         row(" GPU  Name                 Persistence-M ", " Bus-Id          Disp.A ", " Volatile Uncorr. ECC "),
         row(" Fan  Temp   Perf          Pwr:Usage/Cap ", "           Memory-Usage ", " GPU-Util  Compute M. "),
@@ -494,6 +580,9 @@ def _modelscope(host: _Host, argv: list[str]) -> int:
     print(f"{NOTE} this host serves the built-in tiny model in place of {model}"
           + (f"@{revision}" if revision else ""))
     _copy_model(cache, dest)
+    moved = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    with file_lock(host.root / ".faults" / "lock"), open(host.root / DOWNLOADS_LOG, "a") as fh:
+        fh.write(f"{host.dir.name}\t{model}\t{moved}\n")
     print(f"Successfully Downloaded from model {model}.")
     return 0
 
@@ -672,6 +761,12 @@ def _parse_mount(value: str) -> tuple[str, str]:
 
 def _docker_run(host: _Host, args: list[str]) -> int:
     run = _parse_run(args)
+    if any(a == "--gpus" or a.startswith("--gpus=") for a in args) and not packages.runtime_configured(host.dir):
+        # What docker says when nvidia-container-toolkit is not its runtime.
+        raise _Fail(125, 'docker: Error response from daemon: could not select device driver "" with '
+                         "capabilities: [[gpu]].")
+    if run.entrypoint == "nvidia-smi":  # the readiness check: the GPUs as the container sees them
+        return _nvidia_smi(host, run.command)
     existing = host.load(run.name)
     if existing is not None:
         raise _Fail(125, f'docker: Error response from daemon: Conflict. The container name "/{run.name}" '
@@ -818,7 +913,7 @@ def _vllm_plan(host: _Host, run: _Run, args: list[str], entry: _Entrypoint, key:
 
 def _container_env(host: _Host, entry: _Entrypoint) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k == "PATH"}
-    env["PATH"] = _without(env.get("PATH", os.defpath), host.root / ".bin")
+    env["PATH"] = _without(_without(env.get("PATH", os.defpath), host.root / ".bin"), packages.bin_dir(host.dir))
     env["HOME"] = str(host.home)
     env.update({k: v for k, v in entry.env.items() if not k.startswith(_HOST_NETWORK_ENV)})
     env[process.MARK_ENV] = container_mark(host.dir)

@@ -104,6 +104,17 @@ class Topology(ABC):
     def provision(self) -> dict:
         """Create (or find) the machines and the engine runtime; idempotent."""
 
+    def prepare_hosts(self) -> dict:
+        """Make the machines able to run the engine (driver, container runtime) and prove
+        they are; idempotent, fast on a ready host. Nothing to do where the platform
+        provides the runtime (local, ACK)."""
+        return {}
+
+    def check_hosts(self) -> dict:
+        """Prove the machines can serve this spec before anything is staged on them (GPUs,
+        runtime, disk, node-to-node ports); raises naming each host's problem."""
+        return {}
+
     @abstractmethod
     def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
         """Put verified weights where the engine reads them; skip a verified copy.

@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Callable
 from functools import cached_property
 
+from servenest import readiness, time_to_ready
 from servenest.catalog import get_instance_type
-from servenest.cloud import scripts
+from servenest.cloud import bootstrap, scripts, weights_cache
 from servenest.cloud.api import CloudSession
 from servenest.cloud.assistant import Assistant, CommandResult
 from servenest.cloud.credentials import open_session
@@ -45,7 +46,7 @@ from servenest.state import DeploymentState
 from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
 
 log = logging.getLogger(__name__)
-STAGING_POLL_S = (15.0, 1.5, 120.0)  # a download takes minutes to hours: poll gently
+STAGING_POLL_S = (20.0, 1.8, 180.0)  # a download takes minutes to hours: poll gently
 STAGING_RATE_BPS = 100e6  # what the progress estimate and the staging timeout assume
 
 
@@ -69,10 +70,11 @@ def placed_spec(spec: DeploymentSpec, instance_type: str) -> DeploymentSpec:
     return load_spec_data(data)
 
 
-def render(spec: DeploymentSpec, zone: str, instance_type: str) -> tuple[str, dict[str, str]]:
+def render(spec: DeploymentSpec, zone: str, instance_type: str,
+           weights_snapshot: str | None = None) -> tuple[str, dict[str, str]]:
     """(template YAML, parameters) for one placement; bad combinations are spec errors."""
     try:
-        return render_template_yaml(spec, zone, instance_type), template_parameters(spec)
+        return render_template_yaml(spec, zone, instance_type, weights_snapshot), template_parameters(spec)
     except ValueError as exc:
         raise SpecError(f"{spec.name}: {exc}") from None
 
@@ -122,6 +124,9 @@ class EcsTopology(Topology):
                           "candidates": {"zones": c.zones, "instance_types": c.instance_types}},
             "ros_template": template,
             "ros_parameters": parameters,
+            "bootstrap": bootstrap.plan(self.spec, itype),
+            "time_to_ready": time_to_ready.estimate(self.spec),
+            "weights_cache": weights_cache.plan(self.spec),
             "scripts": {
                 role: {"stage_weights": scripts.staging_script(self.spec, role),
                        "launch": scripts.launch_script(self.spec, role, head_address=head),
@@ -131,6 +136,7 @@ class EcsTopology(Topology):
         }
 
     def preflight(self) -> dict:
+        time_to_ready.check_staging_limit(self.spec)
         offered = self._offered_types()
         c = self.spec.cloud
         unknown = [z for z in c.zones if z not in offered]
@@ -240,7 +246,7 @@ class EcsTopology(Topology):
         return self.state.resources.setdefault("attempts", [])
 
     def _create(self, zone: str, itype: str) -> StackResult:
-        template, parameters = render(self.spec, zone, itype)
+        template, parameters = render(self.spec, zone, itype, self._weights_cache().get("snapshot_id"))
         # An attempt a dead run left at "creating" keeps its token: if that CreateStack did
         # reach ROS, the same token returns the same stack instead of StackExists.
         attempt = next((a for a in self._attempts() if a.get("outcome") == "creating"
@@ -350,9 +356,49 @@ class EcsTopology(Topology):
             raise ServeNestError(f"{self.spec.name} has no instances yet; run provision first")
         return [i["instance_id"] for i in self.instances if roles is None or i["role"] in roles]
 
+    # -- hosts --------------------------------------------------------------------------
+    def prepare_hosts(self) -> dict:
+        """The host bootstrap on every instance (servenest/cloud/bootstrap.py)."""
+        itype = self._placement()["instance_type"] or self.spec.cloud.instance_types[0]
+        script = bootstrap.bootstrap_script(self.spec, itype)
+        record = bootstrap.run_on_hosts(self.assistant, self._ids(), script, self.session.sleep,
+                                        self.session.timings.scale)
+        self.state.resources["bootstrap"] = {k: v for k, v in record.items() if k != "log"}
+        self.save()
+        return record
+
+    def check_hosts(self) -> dict:
+        spec = self._placed()
+        image = spec.engine.image or scripts.DEFAULT_IMAGES[spec.engine.kind]
+        return readiness.check_hosts(self.assistant, spec, spec.cloud.instance_types[0], self.instances,
+                                     image, scripts.model_dir(spec))
+
     # -- weights ------------------------------------------------------------------------
+    def _weights_cache(self) -> dict:
+        """The cache entry this deployment's disks come from (looked up once, recorded
+        before the stack is made, so a rerun builds the same disks)."""
+        if self.spec.weights.cache != "snapshot":
+            return {}
+        record = self.state.resources.get("weights_cache")
+        if record is None:
+            found = weights_cache.find(self.session, self.spec)
+            record = {"snapshot_id": found.snapshot_id, "digest": found.digest} if found else {}
+            self.state.resources["weights_cache"] = record
+            self.save()
+        return record
+
     def stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
+        staged = self._stage_weights(progress)
+        if self.spec.weights.cache == "snapshot":
+            self.state.resources["weights_cache"] = weights_cache.after_staging(
+                self.session, self.spec, self._weights_cache(), staged, self._ids()[0])
+            self.save()
+        return staged
+
+    def _stage_weights(self, progress: Callable[[float, str], None] | None = None) -> StagedWeights:
         spec = self.spec
+        if self._weights_cache().get("snapshot_id"):  # a cached copy: every file against its manifest
+            spec = spec.with_section("weights", verify="full")
         expected_s = max(60.0, spec.model_info.weight_gb * 1e9 / STAGING_RATE_BPS)
 
         def on_poll(elapsed: float, results: list[CommandResult]) -> None:

@@ -72,6 +72,14 @@ def test_ecs_single_provision_benchmark_teardown_on_the_emulated_cloud(
                              "messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
 
+        # The host started bare (public image ubuntu_22): the bootstrap installed the driver,
+        # docker and the toolkit, then the readiness check passed, before any staging.
+        assert [r["stage"] for r in result["stages"]][4:7] == ["bootstrap hosts", "check hosts", "stage weights"]
+        names = [c.split("\n")[2] for c in emu.hosts.commands(inst["instance_id"])]
+        assert names[0].startswith("# ServeNest host bootstrap") and names[1].startswith("# ServeNest readiness")
+        bin_dir = emu.hosts.sandbox(inst["instance_id"]) / "usr" / "bin"
+        assert {"nvidia-smi", "docker", "nvidia-ctk"} <= {p.name for p in bin_dir.iterdir()}
+
         # The scripts really ran on the host: key file root-only, weights with manifests.
         box = emu.hosts.sandbox(inst["instance_id"]) / "root"
         key_file = box / ".servenest" / "api-key"
@@ -156,7 +164,7 @@ def test_ecs_dual_on_the_emulated_cloud_reports_a_two_node_ray_cluster(api_key_s
         "name": "it-dual", "model": "deepseek-ai/DeepSeek-R1", "topology": "ecs-dual",
         "access": {"api_key_secret": api_key_secret, "port": free_port()},
         "cloud": {"nodes": 2, "zones": ZONES, "instance_types": ["ecs.ebmgn8v.48xlarge"],
-                  "image": "m-uefi-gpu-image"},
+                  "image": "m-uefi-gpu-image", "image_prepared": True, "system_disk_gb": 800},
         "health": {"deadline_s": 60},
     })
     with emulated_cloud("noop", root=tmp_path / "hosts") as emu:
@@ -167,6 +175,11 @@ def test_ecs_dual_on_the_emulated_cloud_reports_a_two_node_ray_cluster(api_key_s
         assert "running" in diag["master"]["container"] and "running" in diag["worker"]["container"]
         master, worker = (emu.hosts.containers(i)["vllm"] for i in emu.instances)
         assert {master["role"], worker["role"]} == {"engine", "ray-worker"}
+        # A custom image is only checked (no installs), and the nodes reached each other.
+        for iid in emu.instances:
+            boot = next(c for c in emu.hosts.commands(iid) if "ServeNest host bootstrap" in c)
+            assert "MODE=check" in boot
+        assert any("readiness: reach the master" in c for i in emu.instances for c in emu.hosts.commands(i))
         teardown(spec.name)
         assert not live(emu)
 
@@ -211,3 +224,108 @@ def test_servenest_up_emulate_rehearses_and_leaves_nothing(api_key_secret, tmp_p
     out = capsys.readouterr().out
     summary = json.loads(out[out.rindex('{\n  "rehearsal"'):])
     assert summary["stacks_left"] == [] and summary["cloud_api_calls"] > 10
+
+
+def test_a_failed_driver_install_fails_clearly_and_leaves_nothing(api_key_secret, tmp_path):
+    from flows.provision import provision
+    from servenest.errors import HostCommandError
+
+    spec = ecs_spec("it-nodriver", api_key_secret, health={"deadline_s": 60})
+    with emulated_cloud("noop", root=tmp_path / "hosts") as emu:
+        emu.hosts.set_fault("fail-driver-install", 1)
+        with pytest.raises(HostCommandError, match="installing NVIDIA driver 535.183.06 failed"):
+            provision(spec)
+        assert not live(emu) and not emu.instances  # torn down: keep_on_failure was not set
+
+
+def test_the_readiness_check_names_each_host_and_problem(tmp_path):
+    """Topology level (no flow): bootstrap a bare 8 x H20 host, then break it one way at a time."""
+    from servenest.errors import HostCommandError
+    from servenest.spec import load_spec_data
+    from servenest.topology import open_topology
+
+    spec = load_spec_data({
+        "name": "it-ready", "model": "Qwen/Qwen3-0.6B", "topology": "ecs-single",
+        "access": {"api_key_secret": "k", "port": free_port()},
+        "cloud": {"zones": ZONES, "instance_types": ["ecs.ebmgn8v.48xlarge"], "image": "ubuntu_22_04_uefi"},
+    })
+    with emulated_cloud("noop", root=tmp_path / "hosts") as emu:
+        topology = open_topology(spec)
+        topology.preflight()
+        topology.provision()
+        [iid] = emu.instances
+        booted = topology.prepare_hosts()
+        assert booted["hosts"][iid] == {"driver": "550.127.08", "gpus": 8, "reboots": 0}
+        assert topology.state.resources["bootstrap"]["version"] == "1"
+        assert topology.check_hosts()["hosts"][iid]["docker_gpus"] == "8"
+        assert topology.prepare_hosts()["log"][iid].count("nothing to do") == 1  # rerun: stamp
+        for fault, value, message in [
+            ("missing-gpus", 1, f"{iid}: nvidia-smi shows 7 of 8 GPUs"),
+            ("fabric-down", 1, f"{iid}: nvidia-fabricmanager is failed"),
+            ("disk-free-gb", 5, f"{iid}: 5 GB free on the weights' disk"),
+        ]:
+            emu.hosts.set_fault(fault, value)
+            with pytest.raises(HostCommandError, match=message):
+                topology.check_hosts()
+            emu.hosts.set_fault(fault, 0)
+        topology.teardown()
+        assert not live(emu)
+
+
+def test_a_second_provision_starts_from_the_weights_cache(api_key_secret, tmp_path, capsys):
+    """Cold staging leaves a snapshot; the next provision's disks come from it and move no
+    bytes; a corrupt copy is caught by the manifest and restaged; a failed snapshot only
+    costs the cache."""
+    import json
+
+    from flows.provision import provision
+    from flows.sweep import sweep
+    from flows.teardown import teardown
+    from servenest.cli import main
+
+    spec = ecs_spec("it-cache", api_key_secret, weights={"cache": "snapshot"}, health={"deadline_s": 60})
+
+    def cache_ls() -> list[dict]:
+        capsys.readouterr()
+        assert main(["cache", "ls", "--format", "json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    with emulated_cloud("noop", root=tmp_path / "hosts") as emu:
+        hosts = emu.hosts
+        provision(spec)
+        cold_bytes = hosts.bytes_downloaded()
+        assert cold_bytes > 0
+        [(iid, _)] = emu.instances.items()
+        [disk] = [d for d in emu.disks.values() if d["InstanceId"] == iid]
+        assert disk["DiskName"] == "servenest-weights" and not disk["SourceSnapshotId"]
+        teardown(spec.name)
+        [entry] = cache_ls()
+        assert entry["model"] == "Qwen/Qwen3-0.6B" and entry["revision"] == "default" and entry["bytes"] > 0
+        assert len(entry["digest"]) == 64 and entry["monthly_cny"] >= 0
+        snapshot_id = entry["where"].split()[0]
+        assert cache_ls()[0]["status"] == "accomplished"
+        # The sweep keeps it while a spec names the model (deployments/qwen3-0-6b.yaml does).
+        assert snapshot_id not in sweep(min_age_minutes=0)["stale_cache"]
+
+        # Warm: the disk is made from the snapshot; nothing is downloaded.
+        result = provision(spec)
+        assert result["gate_passed"] and hosts.bytes_downloaded() == cold_bytes
+        [(iid, _)] = emu.instances.items()
+        [disk] = [d for d in emu.disks.values() if d["InstanceId"] == iid]
+        assert disk["SourceSnapshotId"] == snapshot_id
+        staging = next(c for c in hosts.commands(iid) if "ServeNest staging" in c)
+        assert "FULL_VERIFY=1" in staging  # a cached copy is checked file by file
+        teardown(spec.name)
+
+        # A corrupt cache: detected by the manifest, restaged, and replaced.
+        shard = next((emu.snapshot_root / snapshot_id).rglob("*.safetensors"))
+        shard.write_bytes(b"\0" * shard.stat().st_size)  # same size: only sha256 can tell
+        emu.faults.fail_snapshots = 1  # ... and the replacement snapshot fails: serving goes on
+        assert provision(spec)["gate_passed"]
+        assert hosts.bytes_downloaded() == 2 * cold_bytes
+        cache_ls()  # the new snapshot settles on the next look
+        statuses = {e["where"].split()[0]: e["status"] for e in cache_ls()}
+        assert snapshot_id not in statuses and list(statuses.values()) == ["failed"]
+        assert list(statuses) == sweep(dry_run=False, min_age_minutes=0)["cache_deleted"]
+        teardown(spec.name)
+        assert not live(emu) and not emu.disks

@@ -75,8 +75,9 @@ def test_provision_registers_a_gated_endpoint(served):
     # API server, engine core and worker: the children renamed themselves (setproctitle)
     # and still count as the engine's.
     assert len(members) >= 3, f"engine session has {members}"
-    assert [r["stage"] for r in result["stages"]][:6] == [
-        "validate", "preflight", "price", "provision", "stage weights", "launch"]
+    assert [r["stage"] for r in result["stages"]][:8] == [
+        "validate", "preflight", "price", "provision", "bootstrap hosts", "check hosts", "stage weights",
+        "launch"]
 
 
 def test_key_never_on_the_engine_command_line(served):

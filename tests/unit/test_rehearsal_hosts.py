@@ -139,10 +139,11 @@ def engine_pids(hosts: EmulatedHosts, instance_id: str) -> list[int]:
 # -- the sandbox and the command runner ------------------------------------------------------------
 def test_root_paths_are_rewritten_and_nothing_else():
     home = Path("/sb/i-1/root")
-    text = "DIR=/root/llm-model/x\n-v '/root/a:/root/a:ro'\ncd /root\nls /rootfs /x/root/y\n"
+    text = ("DIR=/root/llm-model/x\n-v '/root/a:/root/a:ro'\ncd /root\nls /rootfs /x/root/y\n"
+            "cat /etc/os-release /var/lib/s /etcd /x/etc\n")
     assert _rewrite_root(text, home) == (
         "DIR=/sb/i-1/root/llm-model/x\n-v '/sb/i-1/root/a:/sb/i-1/root/a:ro'\ncd /sb/i-1/root\n"
-        "ls /rootfs /x/root/y\n"
+        "ls /rootfs /x/root/y\ncat /sb/i-1/etc/os-release /sb/i-1/var/lib/s /etcd /x/etc\n"
     )
 
 
@@ -160,7 +161,8 @@ def test_scripts_run_in_the_sandbox_with_a_clean_environment(hosts, monkeypatch)
     assert (home / "where").read_text() == f"{home} {home}\n"
     assert "home=/root\n" in out  # output shows the host's own paths, as on a real host
     assert "secret=none" in out
-    assert f"docker={hosts.shim_dir}/docker" in out
+    # A host of an unknown (so prepared) image: docker is installed, in the host's own bin.
+    assert f"docker={hosts.sandbox('i-env')}/usr/bin/docker" in out
     assert str(hosts.shim_dir) not in out.split("python3=")[1]  # python3 is the host's own
     assert hosts.commands("i-env")[0].startswith("echo \"$HOME $PWD\" > /root/where")
 
