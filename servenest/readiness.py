@@ -123,17 +123,23 @@ def problems(spec: DeploymentSpec, instance_type: str, host: HostFacts) -> list[
 def listen_script(address: str, ports: tuple[int, ...] = PEER_PORTS, seconds: int = LISTEN_S) -> str:
     """Short-lived TCP listeners on the master's private address, detached so the command
     returns; each closes after one connection or ``seconds``."""
+    # Bind every port first, then say so: the caller returns only once they are bound (a
+    # fixed sleep lost the race to a slow python start on a loaded host).
     code = ("import socket,sys,threading\n"
-            "def serve(p):\n"
+            "def bind(p):\n"
             " s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-            " s.bind((sys.argv[1],p)); s.listen(1); s.settimeout(float(sys.argv[2]))\n"
+            " s.bind((sys.argv[1],p)); s.listen(1); s.settimeout(float(sys.argv[2])); return s\n"
+            "def serve(s):\n"
             " try:\n  s.accept()[0].close()\n except OSError:\n  pass\n"
-            "ts=[threading.Thread(target=serve,args=(int(p),)) for p in sys.argv[3:]]\n"
-            "[t.start() for t in ts]\n")
+            "socks=[bind(int(p)) for p in sys.argv[3:]]\n"
+            "print('bound',flush=True)\n"
+            "[threading.Thread(target=serve,args=(s,)).start() for s in socks]\n")
     ports_words = " ".join(str(int(p)) for p in ports)
     return HEADER + f"""# ServeNest readiness: listeners for the peer check
-setsid python3 -c {q(code)} {q(address)} {int(seconds)} {ports_words} </dev/null >/dev/null 2>&1 &
-sleep 1
+bound=$(mktemp)
+setsid python3 -c {q(code)} {q(address)} {int(seconds)} {ports_words} </dev/null >"$bound" 2>/dev/null &
+for _ in $(seq 100); do [ -s "$bound" ] && break; sleep 0.1; done
+rm -f "$bound"
 echo "servenest-ready: listening={q(address)}"
 """
 
