@@ -141,14 +141,21 @@ def _http_checks(target: ProbeTarget, settings: WatchSpec, budget: _Budget, chec
     check.waiting = values.get(target.engine.waiting_metric)
     check.running = values.get(target.engine.running_metric)
     check.kv_cache_usage = values.get(target.engine.kv_usage_metric)
+    degraded += slow_or_full(check, target.engine, settings)
+
+
+def slow_or_full(check: Check, engine: EngineAdapter, settings: WatchSpec) -> list[str]:
+    """Why a serving engine counts as degraded: queue, KV cache, latency."""
+    out = []
     if check.waiting is None:
-        degraded.append(f"/metrics has no {target.engine.waiting_metric}")
+        out.append(f"/metrics has no {engine.waiting_metric}")
     elif check.waiting > settings.max_waiting:
-        degraded.append(f"{check.waiting:.0f} requests waiting (more than {settings.max_waiting})")
+        out.append(f"{check.waiting:.0f} requests waiting (more than {settings.max_waiting})")
     if check.kv_cache_usage is not None and check.kv_cache_usage > settings.max_kv_cache_usage:
-        degraded.append(f"KV cache {check.kv_cache_usage:.0%} used (more than {settings.max_kv_cache_usage:.0%})")
+        out.append(f"KV cache {check.kv_cache_usage:.0%} used (more than {settings.max_kv_cache_usage:.0%})")
     if check.latency_ms is not None and check.latency_ms > settings.max_latency_ms:
-        degraded.append(f"1-token completion took {check.latency_ms:.0f} ms (more than {settings.max_latency_ms:.0f})")
+        out.append(f"1-token completion took {check.latency_ms:.0f} ms (more than {settings.max_latency_ms:.0f})")
+    return out
 
 
 def _completion(client: httpx.Client, target: ProbeTarget, headers: dict, budget: _Budget,
