@@ -29,6 +29,7 @@ HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
 OUTCOMES = (HEALTHY, DEGRADED, DOWN)
 DAY_S = 86_400.0
 KEEP_S = 7 * DAY_S
+MAX_INCIDENTS = 500  # a flapping endpoint: keep the newest (the record must stay small)
 
 
 @dataclass
@@ -211,7 +212,7 @@ class History:
         self.since = self.since or check.at
         open_incident = self.incidents[-1] if self.incidents and self.incidents[-1]["end"] is None else None
         if check.outcome == DOWN and open_incident is None:
-            self.incidents.append({"start": check.at, "end": None, "reasons": check.reasons})
+            self.incidents.append({"start": check.at, "end": None, "reasons": [r[:300] for r in check.reasons]})
         elif check.outcome != DOWN and open_incident is not None:
             open_incident["end"] = check.at
         if check.outcome == HEALTHY:
@@ -221,7 +222,7 @@ class History:
 
     def _prune(self, now: float) -> None:
         cutoff = now - KEEP_S
-        self.incidents = [i for i in self.incidents if i["end"] is None or i["end"] > cutoff]
+        self.incidents = [i for i in self.incidents if i["end"] is None or i["end"] > cutoff][-MAX_INCIDENTS:]
         self.reprovisions = [t for t in self.reprovisions if t > now - DAY_S]
         if self.since is not None and self.since < cutoff:
             self.since = cutoff

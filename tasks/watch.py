@@ -10,13 +10,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.endpoint import ServeNestEndpoint
+from blocks.health import ServeNestHealth
 from servenest.events import HEAL_ROLE, endpoint_resource_id
 from servenest.topology import Topology
 from servenest.watch import Check, History, ProbeTarget, markdown, probe
 from tasks.artifacts import artifact_key
 from tasks.secrets import load_api_key
 
-# The history of each deployment lives in a JSON block, so every worker sees the same one.
 HISTORY_PREFIX = "health-"
 
 
@@ -32,10 +32,8 @@ def probe_endpoint(topology: Topology, block: ServeNestEndpoint, previous_restar
 
 
 def load_history(deployment: str) -> History:
-    from prefect.blocks.system import JSON
-
     try:
-        return History.from_dict(JSON.load(HISTORY_PREFIX + deployment).value)
+        return History.from_dict(ServeNestHealth.load(HISTORY_PREFIX + deployment).history)
     except ValueError as exc:
         if "Unable to find block document" in str(exc):
             return History()
@@ -44,9 +42,7 @@ def load_history(deployment: str) -> History:
 
 @task(name="save-health-history", cache_policy=NO_CACHE)
 def save_history(deployment: str, history: History) -> None:
-    from prefect.blocks.system import JSON
-
-    JSON(value=history.to_dict()).save(HISTORY_PREFIX + deployment, overwrite=True)
+    ServeNestHealth(history=history.to_dict()).save(HISTORY_PREFIX + deployment, overwrite=True)
 
 
 @task(name="emit-endpoint-event", cache_policy=NO_CACHE)
