@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from servenest.bench.noop_server import NoopServerProcess
+from servenest.rehearsal.openai_noop import NoopServerProcess
 from servenest.engines import VLLM
 from servenest.spec import WatchSpec
 from servenest.topology import RuntimeState
