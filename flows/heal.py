@@ -69,7 +69,7 @@ def heal(name: str) -> dict:
     block, spec, state = registered(name)
     topology = open_topology(spec, state, run=prefect_shell_runner)
     history = load_history(name)
-    check = probe_endpoint(topology, block, history.last_restarts)
+    check = probe_endpoint(topology, block, history.last_check)
     if check.outcome != DOWN:
         logger.info("%s is %s now; nothing to heal", name, check.outcome)
         return {"deployment": name, "healed": False, "needed": False, "outcome": check.outcome}
@@ -98,7 +98,7 @@ def heal(name: str) -> dict:
     history = load_history(name)  # the reprovision rung counted itself there
     if result.healed:
         block, spec, state = registered(name)
-        after = probe_endpoint(open_topology(spec, state), block, history.last_restarts)
+        after = probe_endpoint(open_topology(spec, state), block, history.last_check)
         history.record(after)
         save_history(name, history)
         publish_watch(name, history)

@@ -39,7 +39,7 @@ def watch(name: str) -> dict:
     block, spec, state = registered(name)
     topology = open_topology(spec, state)
     history = load_history(name)
-    check = probe_endpoint(topology, block, history.last_restarts)
+    check = probe_endpoint(topology, block, history.last_check)
     history.record(check)
     save_history(name, history)
     payload = check_payload(check)

@@ -46,6 +46,7 @@ class Check:
     runtime: str = ""
     restarts: int = 0
     gone: bool = False  # the machines are gone (only a reprovision helps)
+    grace: bool = False  # not serving, but its runtime restarted it: given one pass to load
 
 
 @dataclass
@@ -70,9 +71,11 @@ class _Budget:
 
 def probe(
     target: ProbeTarget, settings: WatchSpec, runtime: Callable[[], RuntimeState] | None = None,
-    previous_restarts: int = 0,
+    previous: Check | None = None,
 ) -> Check:
-    """One pass; never raises for what it finds (a broken endpoint is an outcome)."""
+    """One pass; never raises for what it finds (a broken endpoint is an outcome).
+    ``previous``: the last pass, whose restart count tells a restart by the runtime."""
+    previous_restarts = previous.restarts if previous else 0
     started = time.monotonic()
     budget = _Budget(settings.timeout_s)
     check = Check(at=time.time(), outcome=HEALTHY)
@@ -90,12 +93,15 @@ def probe(
             down.append(state.detail or "the runtime says the engine is not running")
     if not down:
         _http_checks(target, settings, budget, check, down, degraded)
-    if down and state is not None and state.serving and state.restarts > previous_restarts:
-        # The runtime restarted the engine since the last pass and it is still loading:
-        # its own restart is under way, so this is not (yet) a case for the heal ladder.
+    if (down and state is not None and state.serving and state.restarts > previous_restarts
+            and not (previous and previous.grace)):
+        # The runtime restarted the engine since the last pass and it is still loading: its
+        # own restart is under way, worth one pass of waiting (not two: a crash loop that is
+        # caught loading every time must still reach the heal ladder).
         degraded += [f"restarted by its runtime ({state.restarts} restarts); not serving yet: "
                      + "; ".join(down)]
         down = []
+        check.grace = True
     elif state is not None and state.restarts > previous_restarts and not down:
         degraded.append(f"restarted by its runtime since the last check ({state.restarts} restarts in all)")
     check.reasons = down or degraded
@@ -205,8 +211,8 @@ class History:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     @property
-    def last_restarts(self) -> int:
-        return int((self.last or {}).get("restarts") or 0)
+    def last_check(self) -> Check | None:
+        return Check(**{k: v for k, v in self.last.items() if k in Check.__dataclass_fields__}) if self.last else None
 
     def record(self, check: Check) -> None:
         self.since = self.since or check.at

@@ -21,11 +21,11 @@ HISTORY_PREFIX = "health-"
 
 
 @task(name="probe-endpoint", cache_policy=NO_CACHE)
-def probe_endpoint(topology: Topology, block: ServeNestEndpoint, previous_restarts: int) -> Check:
+def probe_endpoint(topology: Topology, block: ServeNestEndpoint, previous: Check | None) -> Check:
     """One bounded pass against the registered endpoint (its address, never a guess)."""
     target = ProbeTarget(block.base_url, block.served_model_name,
                          load_api_key(block.api_key_secret).get_secret_value(), topology.engine)
-    check = probe(target, topology.spec.watch, topology.runtime_state, previous_restarts)
+    check = probe(target, topology.spec.watch, topology.runtime_state, previous)
     get_run_logger().info("%s is %s in %.2f s%s", block.deployment, check.outcome, check.seconds,
                           f": {'; '.join(check.reasons)}" if check.reasons else "")
     return check

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from servenest.rehearsal.openai_noop import NoopServerProcess
 from servenest.engines import VLLM
+from servenest.rehearsal.openai_noop import NoopServerProcess
 from servenest.spec import WatchSpec
 from servenest.topology import RuntimeState
 from servenest.watch import (
@@ -81,10 +81,13 @@ def test_a_restart_by_the_runtime_is_degraded_not_down_while_it_loads():
         port = s.getsockname()[1]
     t = ProbeTarget(f"http://127.0.0.1:{port}", "tiny", KEY, VLLM)
     restarting = lambda: RuntimeState(True, "container vllm running", restarts=3)  # noqa: E731
-    check = probe(t, WatchSpec(), restarting, previous_restarts=2)
-    assert check.outcome == DEGRADED and "restarted by its runtime" in check.reasons[0]
+    check = probe(t, WatchSpec(), restarting, previous=Check(at=0, outcome=HEALTHY, restarts=2))
+    assert check.outcome == DEGRADED and "restarted by its runtime" in check.reasons[0] and check.grace
     # The next pass, with no new restart and still not serving: down, for the heal ladder.
-    assert probe(t, WatchSpec(), restarting, previous_restarts=3).outcome == DOWN
+    assert probe(t, WatchSpec(), restarting, previous=check).outcome == DOWN
+    # Nor does a crash loop caught loading on every pass get a second pass of grace.
+    again = lambda: RuntimeState(True, "container vllm running", restarts=9)  # noqa: E731
+    assert probe(t, WatchSpec(), again, previous=check).outcome == DOWN
 
 
 def test_a_restart_that_came_back_is_degraded_and_a_runtime_api_error_is_no_verdict(server):
@@ -125,6 +128,7 @@ def test_history_keeps_incidents_and_computes_uptime_over_24h_and_7d():
     assert h.incidents == []  # older than 7 days
     assert h.uptime(86_400, t0 + 8 * 86_400 + 60) == 1.0
     assert History.from_dict(h.to_dict()) == h
+    assert h.last_check == Check(at=t0 + 8 * 86_400, outcome=HEALTHY)
 
 
 def test_an_open_incident_counts_until_now_and_a_healthy_check_clears_failed():
