@@ -143,13 +143,14 @@ def test_ecs_restart_policy_then_each_rung_then_bounded_give_up(api_key_secret, 
         assert load_state(name) is None
         with pytest.raises(ValueError, match="Unable to find block document"):
             ServeNestEndpoint.load(name)
-    events = _events(f"servenest.endpoint.{name}")
-    assert {"servenest.endpoint.failed", "servenest.endpoint.healed", "servenest.endpoint.down"} <= events
+    wanted = {"servenest.endpoint.failed", "servenest.endpoint.healed", "servenest.endpoint.down",
+              "servenest.endpoint.degraded"}
+    _wait(lambda: wanted <= _events(f"servenest.endpoint.{name}"), 30, f"the events {wanted}")
 
 
 def _restarts(emu, instance_id: str) -> int:
-    [path] = emu.hosts.sandbox(instance_id).rglob("containers/vllm.exit.restarts")
-    return int(path.read_text())
+    found = list(emu.hosts.sandbox(instance_id).rglob("containers/vllm.exit.restarts"))
+    return int(found[0].read_text()) if found else 0
 
 
 def live_stacks(emu) -> list:
@@ -166,7 +167,7 @@ def _events(resource_id: str) -> set[str]:
     auth = PREFECT_API_AUTH_STRING.value()
     r = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", trust_env=False, timeout=30,
                    auth=tuple(auth.split(":", 1)) if auth else None,
-                   json={"filter": {"resource": {"id": [resource_id]}}, "limit": 200})
+                   json={"filter": {"resource": {"id": [resource_id]}}, "limit": 50})
     r.raise_for_status()
     return {e["event"] for e in r.json()["events"]}
 
@@ -185,7 +186,9 @@ def test_an_ack_pod_crash_loop_is_down_until_the_deployments_own_restart(api_key
             found = _wait(lambda: (w := watch(name))["event"] == "servenest.endpoint.down" and w, 30,
                           "the watch to see the crash loop")
             assert "CrashLoopBackOff" in found["reasons"][0] and found["restarts"] >= 1
-            assert "servenest.endpoint.down" in _events(f"servenest.endpoint.{name}")
+            # The server stores events in batches: allow it a few seconds.
+            _wait(lambda: "servenest.endpoint.down" in _events(f"servenest.endpoint.{name}"), 30,
+                  "the down event in the server's event store")
             # The kubelet goes on restarting the container; once it stays up, it serves again.
             controller.crash_loop = set()
             back = _wait(lambda: (w := watch(name))["event"] != "servenest.endpoint.down" and w, 30,
