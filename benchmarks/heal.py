@@ -3,7 +3,7 @@ detect-to-healed time.
 
     .venv/bin/python benchmarks/heal.py [--runs 3] [--period 5]
 
-The deployment is provisioned once. Watch passes run every ``--period`` seconds (what the
+The deployment is provisioned once, against a Prefect server started for the run. Watch passes run every ``--period`` seconds (what the
 ``watch/<name>`` schedule does every 5 minutes); at a random moment within a period the
 engine's process group is killed. Detection lag: kill to the end of the pass that reports
 ``down`` (goal: within one watch period). Then the heal flow runs, as the automation would;
@@ -72,23 +72,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    import tempfile
+
     from flows.provision import provision
     from flows.teardown import teardown
-    from servenest.cli import ensure_key, prefect_api
+    from servenest.cli import ensure_key
     from servenest.spec import load_spec_data, load_spec_file
+    from tests.integration.servers import drain_client_workers, prefect_server
 
     data = load_spec_file(REPO / "deployments" / "local-tiny.yaml").model_dump(mode="json", exclude_unset=True)
     port = free_port()
     data.update(name="bench-heal", access={**data["access"], "port": port})
     spec = load_spec_data(data)
     rng = random.Random(args.seed)
-    with prefect_api() as (_url, _server_s):
-        ensure_key(spec.access.api_key_secret)
+    # A Prefect server of its own, as the integration tests use: nothing lands in another's.
+    with tempfile.TemporaryDirectory() as home, prefect_server(Path(home)) as server, server.settings():
+        ensure_key(spec.access.api_key_secret, quiet=True)
         provision(spec)
         try:
             runs = [one_run(spec.name, port, args.period, rng) for _ in range(args.runs)]
         finally:
             teardown(spec.name)
+            drain_client_workers()
     for i, r in enumerate(runs, 1):
         print(f"run {i}: detection lag {r['detection_lag_s']:.2f} s (period {args.period:.0f} s); "
               f"detect->healed {r['detect_to_healed_s']:.2f} s = engine start-up {r['engine_startup_s']:.2f} s "
