@@ -22,7 +22,7 @@ import httpx
 
 from servenest.engines import EngineAdapter
 from servenest.health import parse_metrics
-from servenest.spec import WatchSpec
+from servenest.spec import VLLM_OLD_KV_GAUGE, WatchSpec
 from servenest.topology.base import RuntimeState
 
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
@@ -144,11 +144,17 @@ def _http_checks(target: ProbeTarget, settings: WatchSpec, budget: _Budget, chec
         except httpx.HTTPError as exc:
             degraded.append(f"/metrics: {type(exc).__name__}")
             return
-    values = parse_metrics(r.text)
-    check.waiting = values.get(target.engine.waiting_metric)
-    check.running = values.get(target.engine.running_metric)
-    check.kv_cache_usage = values.get(target.engine.kv_usage_metric)
+    check.waiting, check.running, check.kv_cache_usage = engine_gauges(parse_metrics(r.text), target.engine)
     degraded += slow_or_full(check, target.engine, settings)
+
+
+def engine_gauges(values: dict[str, float], engine: EngineAdapter) -> tuple[float | None, ...]:
+    """(waiting, running, KV-cache use) from the engine's metrics; vLLM before 0.9 (the ECS
+    default image) names its KV gauge vllm:gpu_cache_usage_perc."""
+    kv = values.get(engine.kv_usage_metric)
+    if kv is None and engine.kind == "vllm":
+        kv = values.get(VLLM_OLD_KV_GAUGE)
+    return values.get(engine.waiting_metric), values.get(engine.running_metric), kv
 
 
 def slow_or_full(check: Check, engine: EngineAdapter, settings: WatchSpec) -> list[str]:

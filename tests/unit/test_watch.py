@@ -18,6 +18,7 @@ from servenest.watch import (
     Check,
     History,
     ProbeTarget,
+    engine_gauges,
     markdown,
     probe,
     slow_or_full,
@@ -111,6 +112,16 @@ def test_queue_depth_kv_cache_and_latency_over_their_limits_are_degraded():
         "1-token completion took 800 ms (more than 500)"]
     assert slow_or_full(Check(at=0, outcome=HEALTHY), VLLM, settings) == [
         "/metrics has no vllm:num_requests_waiting"]
+
+
+def test_gauges_come_from_the_engines_metrics_and_old_vllm_names_its_kv_gauge_differently():
+    from servenest.engines import SGLANG
+
+    new = {"vllm:num_requests_waiting": 3.0, "vllm:num_requests_running": 2.0, "vllm:kv_cache_usage_perc": 0.5}
+    assert engine_gauges(new, VLLM) == (3.0, 2.0, 0.5)
+    old = {"vllm:num_requests_waiting": 1.0, "vllm:num_requests_running": 0.0, "vllm:gpu_cache_usage_perc": 0.7}
+    assert engine_gauges(old, VLLM) == (1.0, 0.0, 0.7)
+    assert engine_gauges({"sglang:num_queue_reqs": 4.0, "sglang:token_usage": 0.2}, SGLANG) == (4.0, None, 0.2)
 
 
 def test_history_keeps_incidents_and_computes_uptime_over_24h_and_7d():
