@@ -89,10 +89,14 @@ def probe(
             degraded.append(f"runtime state unknown: {type(exc).__name__}: {exc}")
     if state is not None:
         check.runtime, check.restarts, check.gone = state.detail, state.restarts, state.gone
-        if not state.serving:
-            down.append(state.detail or "the runtime says the engine is not running")
-    if not down:
+    if state is not None and state.gone:
+        down.append(state.detail or "the machines are gone")
+    else:
         _http_checks(target, settings, budget, check, down, degraded)
+        if state is not None and not state.serving:
+            # Clients are answered (other replicas behind the load balancer, say) while the
+            # runtime reports a broken part: degraded. Not answered: the runtime says why.
+            (down or degraded).insert(0, state.detail or "the runtime says the engine is not running")
     if (down and state is not None and state.serving and state.restarts > previous_restarts
             and not (previous and previous.grace)):
         # The runtime restarted the engine since the last pass and it is still loading: its

@@ -600,7 +600,9 @@ class AckTopology(Topology):
         pods = self._engine_pods() if self.state.engine else []
         if not pods:
             raise ServeNestError(f"{self.spec.name} has no engine pods to restart")
-        names = [p["metadata"]["name"] for p in pods]
+        # With several replicas, only the broken ones: the others go on serving.
+        broken = [p for p in pods if pod_problem(p) or not _ready(p)]
+        names = [p["metadata"]["name"] for p in broken or pods]
         for name in names:
             self.kube.delete("Pod", self.namespace, name)
         return {"pods_deleted": names}

@@ -167,3 +167,12 @@ def test_the_artifact_shows_last_check_latency_uptime_and_last_incident():
     assert "**healthy**" in text and "42 ms" in text and "25.00%" in text and "pid 7" in text
     assert "50.00% / 50.00%" in text  # down 300 s of 600 s watched
     assert "Last incident: down from 1970-01-01 00:16:40 UTC to 1970-01-01 00:21:40 UTC: /health answered 503" in text
+
+
+def test_a_runtime_fault_while_clients_are_served_is_degraded_and_while_not_down(server):
+    # e.g. one of several replicas crash-looping behind the load balancer
+    broken = lambda: RuntimeState(False, "pod p-1 CrashLoopBackOff", restarts=4)  # noqa: E731
+    check = probe(target(server), WatchSpec(), broken, previous=Check(at=0, outcome=HEALTHY, restarts=4))
+    assert check.outcome == DEGRADED and check.reasons == ["pod p-1 CrashLoopBackOff"]
+    check = probe(target(server, key="sk-wrong"), WatchSpec(), broken)
+    assert check.outcome == DOWN and check.reasons[0] == "pod p-1 CrashLoopBackOff"
