@@ -168,3 +168,19 @@ def test_every_provision_has_a_watch_on_a_schedule_off_for_local_unless_asked(tm
     heals = {d["name"]: d for d in deployments if d["entrypoint"] == "flows/heal.py:heal"}
     # The down event arrives every pass while it is down: a second heal is cancelled, not queued.
     assert heals["cloudy"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+
+def test_the_heal_automation_runs_the_heal_deployment_the_watchs_down_event_names():
+    from prefect.events.schemas.automations import AutomationCore
+
+    from servenest.events import ENDPOINT_DOWN, HEAL_ROLE, endpoint_resource_id
+
+    automation = AutomationCore.model_validate(
+        yaml.safe_load((REPO_ROOT / "deployments" / "automations" / "heal-on-down.yaml").read_text()))
+    trigger = automation.trigger
+    assert trigger.expect == {ENDPOINT_DOWN} and trigger.for_each == {"prefect.resource.id"}
+    assert dict(trigger.match.root) == {"prefect.resource.id": "servenest.endpoint.*"}
+    assert endpoint_resource_id("qwen3-8b") == "servenest.endpoint.qwen3-8b"
+    assert dict(trigger.match_related.root) == {"prefect.resource.role": HEAL_ROLE}
+    [action] = automation.actions
+    assert (action.type, action.source) == ("run-deployment", "inferred")
