@@ -2,5 +2,6 @@
 
 from blocks.alibaba import AlibabaCloudCredentials
 from blocks.endpoint import ServeNestEndpoint
+from blocks.health import ServeNestHealth
 
-__all__ = ["AlibabaCloudCredentials", "ServeNestEndpoint"]
+__all__ = ["AlibabaCloudCredentials", "ServeNestEndpoint", "ServeNestHealth"]

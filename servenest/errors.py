@@ -123,3 +123,7 @@ class BudgetExceededError(ServeNestError):
 
 class ApprovalDeniedError(ServeNestError):
     """A person declined (or did not answer) the spend approval."""
+
+
+class HealFailedError(ServeNestError):
+    """Every rung of the heal ladder failed or was not allowed: a person must look."""

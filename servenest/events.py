@@ -12,3 +12,17 @@ FAILED_RUN_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "pre
 def model_resource_id(model: str) -> str:
     return f"servenest.model.{model}"
 
+
+# What each watch pass found (servenest.endpoint.healthy|degraded|down), what heal did
+# (servenest.endpoint.healed|failed), about the resource endpoint_resource_id(<deployment>).
+ENDPOINT_EVENT_PREFIX = "servenest.endpoint."
+ENDPOINT_DOWN = ENDPOINT_EVENT_PREFIX + "down"
+ENDPOINT_HEALED = ENDPOINT_EVENT_PREFIX + "healed"
+ENDPOINT_FAILED = ENDPOINT_EVENT_PREFIX + "failed"
+# The related resource that names heal/<deployment>: the heal automation runs the deployment
+# it finds there (a run-deployment action with source "inferred").
+HEAL_ROLE = "heal"
+
+
+def endpoint_resource_id(deployment: str) -> str:
+    return f"{ENDPOINT_EVENT_PREFIX}{deployment}"

@@ -12,6 +12,11 @@ Each spec file in ``deployments/`` becomes ``provision/<name>`` (the spec as its
   Crashed or Cancelled, with the run's id, so it removes only what that run left: the
   in-process clean-up cannot run after a kill, a lost worker or a zombie.
 
+- ``watch/<name>`` checks the registered endpoint every ``watch.every_minutes`` (default 5;
+  the schedule is off on the local topology unless ``watch.schedule: true``), and
+  ``heal/<name>`` mends it (run by the automation in deployments/automations/heal-on-down.yaml
+  on the watch's ``down`` event), never twice at once: a second heal is cancelled.
+
 Each region a cloud spec uses (and cn-hangzhou) gets ``sweep/<region>``: a nightly dry run
 that lists orphan stacks.
 """
@@ -80,6 +85,15 @@ def render(directory: Path) -> str:
              "schedules": [{"cron": nightly_cron(index), "timezone": TIMEZONE, "active": True}],
              "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
              **common, "triggers": [revision_trigger(spec)]},
+            {"name": spec.name, "entrypoint": "flows/watch.py:watch",
+             "description": f"Check the registered endpoint {spec.name}; emit servenest.endpoint.<outcome>.",
+             "parameters": {"name": spec.name},
+             "schedules": [{"interval": spec.watch.every_minutes * 60,
+                            "active": spec.watch.scheduled(spec.topology)}], **common},
+            {"name": spec.name, "entrypoint": "flows/heal.py:heal",
+             "description": f"Mend {spec.name} when it is down: restart, relaunch, reprovision (bounded).",
+             "parameters": {"name": spec.name},
+             "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"}, **common},
         ]
     regions = sorted({"cn-hangzhou"} | {spec.cloud.region for _, spec in specs if spec.topology != "local"})
     deployments += [

@@ -264,6 +264,33 @@ class HealthSpec(_Strict):
     max_tokens: int = Field(8, ge=1, le=256, description="Tokens the gate asks for.")
 
 
+class WatchSpec(_Strict):
+    """The scheduled watch of a registered endpoint (flows/watch.py)."""
+
+    schedule: bool | None = Field(
+        None, description="Run watch/<name> on a schedule; default: on, except on the local topology.")
+    every_minutes: int = Field(5, ge=1, le=1440, description="Minutes between two watch passes.")
+    timeout_s: float = Field(20.0, gt=0, le=300, description="Time budget of one pass, all checks together.")
+    max_latency_ms: float = Field(
+        10_000.0, gt=0, description="A 1-token streamed completion slower than this is degraded.")
+    max_waiting: int = Field(
+        32, ge=0, description="More requests waiting in the engine's queue than this is degraded.")
+    max_kv_cache_usage: float = Field(
+        0.95, gt=0, le=1, description="KV-cache use above this fraction is degraded.")
+
+    def scheduled(self, topology: str) -> bool:
+        return self.schedule if self.schedule is not None else topology != "local"
+
+
+class HealSpec(_Strict):
+    """What heal/<name> may do when the watch finds the endpoint down (flows/heal.py)."""
+
+    max_reprovisions_per_day: int = Field(
+        2, ge=0, le=24, description="Reprovisions allowed per 24 h; beyond that the deployment is marked failed.")
+    on_give_up: Literal["keep", "teardown"] = Field(
+        "keep", description="What happens to the broken deployment once heal gives up.")
+
+
 class BenchmarkSpec(_Strict):
     enabled: bool = Field(False, description="Run the benchmark as provision's last gate.")
     # The short load check of provision and the demo.
@@ -371,6 +398,8 @@ class DeploymentSpec(_Strict):
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    watch: WatchSpec = Field(default_factory=WatchSpec)
+    heal: HealSpec = Field(default_factory=HealSpec)
 
     @field_validator("name")
     @classmethod

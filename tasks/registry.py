@@ -112,12 +112,13 @@ def _gate_record(gate: GateReport) -> dict:
 
 
 # Flows that change a deployment name their runs "<flow>-<deployment>".
-CHANGING_FLOWS = ("provision", "redeploy", "launch")
+CHANGING_FLOWS = ("provision", "redeploy", "launch", "heal")
 
 
-def changing_runs(names: list[str] | None = None, queued: bool = True) -> list:
-    """Runs of the flows that change deployments, not yet ended (with ``queued``, also
-    scheduled ones); only those named in ``names`` when given."""
+def changing_runs(names: list[str] | None = None, queued: bool = True,
+                  flows: tuple[str, ...] = CHANGING_FLOWS) -> list:
+    """Runs of the flows that change deployments (or of ``flows``), not yet ended (with
+    ``queued``, also scheduled ones); only those named in ``names`` when given."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -134,7 +135,7 @@ def changing_runs(names: list[str] | None = None, queued: bool = True) -> list:
         name=FlowRunFilterName(any_=names) if names else None)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=active, limit=200)
-    return [r for r in runs if r.name.split("-", 1)[0] in CHANGING_FLOWS]
+    return [r for r in runs if r.name.split("-", 1)[0] in flows]
 
 
 @task(name="owned-deployments", cache_policy=NO_CACHE)
@@ -151,7 +152,8 @@ def owned_deployments() -> set[str]:
 
 
 @task(name="runs-in-flight", cache_policy=NO_CACHE)
-def runs_in_flight(name: str, exclude: str) -> list[str]:
-    """Provision, redeploy or launch runs of ``name`` that are running now (not queued)."""
-    runs = changing_runs([f"{flow}-{name}" for flow in CHANGING_FLOWS], queued=False)
+def runs_in_flight(name: str, exclude: str | None, flows: tuple[str, ...] = CHANGING_FLOWS) -> list[str]:
+    """Provision, redeploy, launch or heal runs of ``name`` (or of ``flows``) that are
+    running now (not queued)."""
+    runs = changing_runs([f"{flow}-{name}" for flow in flows], queued=False, flows=flows)
     return [f"{r.name} ({r.id})" for r in runs if str(r.id) != exclude]

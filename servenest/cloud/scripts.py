@@ -44,6 +44,10 @@ ENTRYPOINT_FILE = f"{STATE_DIR}/entrypoint.sh"
 CONTAINER_KEY_FILE = "/run/servenest/api-key"
 CONTAINER_ENTRYPOINT = "/run/servenest/entrypoint.sh"
 CONTAINER_NAME = "vllm"
+# Docker restarts a container that exits (a crash, an OOM kill) and starts it again after a
+# host reboot; only `docker stop`/`rm` keep it down (docs.docker.com/engine/containers/
+# start-containers-automatically/). The watch sees the restarts in RestartCount.
+RESTART_POLICY = "unless-stopped"
 MANIFEST = ".servenest-sha256"
 SIZES = ".servenest-sizes"
 RAY_PORT = 6379
@@ -288,7 +292,7 @@ def launch_script(spec: DeploymentSpec, role: str, head_address: str | None = No
     image = spec.engine.image or DEFAULT_IMAGES[spec.engine.kind]
     mdir = model_dir(spec)
     docker = [
-        "docker run -d -t", f"--name {CONTAINER_NAME}", "--net=host", "--gpus all", "--ipc=host",
+        "docker run -d -t", f"--name {CONTAINER_NAME}", f"--restart {RESTART_POLICY}", "--net=host", "--gpus all", "--ipc=host",
     ]
     if spec.topology == "ecs-dual":  # elastic RDMA devices and pinned memory, as in seed 001
         docker += ["--privileged", "--cap-add=SYS_PTRACE", "--ulimit memlock=-1", "--ulimit stack=67108864"]
@@ -357,6 +361,13 @@ echo "servenest: API key written"
 def status_script() -> str:
     """One line: ``<status> <exit code> <restarts>``, or ``absent``."""
     return HEADER + f"""docker inspect -f '{{{{.State.Status}}}} {{{{.State.ExitCode}}}} {{{{.RestartCount}}}}' {CONTAINER_NAME} 2>/dev/null || echo absent
+"""
+
+
+def restart_script() -> str:
+    """Restart the engine container as it was created (same arguments, same mounted key)."""
+    return HEADER + f"""docker restart -t 30 {CONTAINER_NAME}
+echo "servenest: restarted container {CONTAINER_NAME}"
 """
 
 

@@ -240,7 +240,7 @@ def emulated_ack(root: Path, *, cluster_id: str | None = None, gpu_nodes: int = 
     controller_kw.setdefault("job_result", SyncJobRunner(root / "sync"))
     controller = KubeController(kube, pod_ip=kubelet.pod_ip, lb_address=kubelet.lb_address,
                                 on_pod_running=kubelet.on_pod_running, on_pod_deleted=kubelet.on_pod_deleted,
-                                **controller_kw)
+                                on_pod_crashed=kubelet.on_pod_deleted, **controller_kw)
     cloud = CloudEmulator(kubeconfig=kube.kubeconfig()).start()
     cluster = cloud.add_cluster(cluster_id, name="servenest-rehearsal")
     controller.start()

@@ -490,6 +490,15 @@ class CloudEmulator(DisksMixin):
             self.clusters[cid] = {"detail": detail, "deleting_polls": None}
         return detail
 
+    def release_instance(self, instance_id: str) -> None:
+        """The instance goes away while its stack stays (reclaimed, or deleted by hand in the
+        console): its host stops, and Cloud Assistant answers InvalidInstance.NotFound."""
+        with self.lock:
+            if self.instances.pop(instance_id, None) is None:
+                raise KeyError(f"no emulated instance {instance_id}")
+        if self.on_instances_released is not None:
+            self.on_instances_released([instance_id])
+
     def stack_by_name(self, name: str) -> _Stack | None:
         with self.lock:
             for stack in self.stacks.values():

@@ -373,7 +373,8 @@ def container_status(state: dict) -> tuple[str, int]:
     if pid is None:
         return "exited", int(state.get("exit_code") or 0)
     if process.state(pid).alive and process.start_ticks(pid) == state.get("start_ticks"):
-        return "running", 0
+        # Between two runs its restart policy is waiting out the back-off delay.
+        return ("restarting", 0) if Path(state["exit_file"] + ".waiting").exists() else ("running", 0)
     try:
         return "exited", int(Path(state["exit_file"]).read_text().strip())
     except (OSError, ValueError):
@@ -688,6 +689,7 @@ class _Run:
     command: list[str]
     entrypoint: str | None = None
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (host path, container path)
+    restart: str = "no"  # docker's --restart policy
 
     def host_path(self, container_path: str) -> Path | None:
         """Where a container path is on the host, through the longest matching bind mount."""
@@ -749,7 +751,13 @@ def _parse_run(args: list[str]) -> _Run:
     name = opts.get("--name") or f"emulated_{uuid.uuid4().hex[:8]}"
     if not _INSTANCE_ID.fullmatch(name):
         raise _Fail(125, f'docker: Error response from daemon: Invalid container name ({name}).')
-    return _Run(name, args[i], args[i + 1:], opts.get("--entrypoint"), mounts)
+    restart = opts.get("--restart", "no")
+    if not _RESTART_POLICY.fullmatch(restart):
+        raise _Fail(125, f"docker: invalid restart policy: {restart}\nSee 'docker run --help'.")
+    return _Run(name, args[i], args[i + 1:], opts.get("--entrypoint"), mounts, restart)
+
+
+_RESTART_POLICY = re.compile(r"no|always|unless-stopped|on-failure(:\d+)?")
 
 
 def _parse_mount(value: str) -> tuple[str, str]:
@@ -778,6 +786,7 @@ def _docker_run(host: _Host, args: list[str]) -> int:
                              f'"bind": bind source path does not exist: {src}')
     plan = _plan(host, run, _read_entrypoint(run))
     state = _start(host, run, plan)
+    state["run_args"] = args  # what `docker restart` starts again (the key stays in its file)
     _write_json(host.state_path(run.name), state)
     print(state["id"])
     return 0
@@ -931,25 +940,44 @@ def _ray_worker_plan(host: _Host, words: list[str]) -> _Plan:
     return _Plan("ray-worker", [note], argv, env, ray_head=head)
 
 
-def _start(host: _Host, run: _Run, plan: _Plan) -> dict:
+# Leads the container's session: runs the engine, records its exit code, and applies the
+# restart policy as docker's daemon does: again after a delay that starts at 100 ms and
+# doubles (up to a minute), reset once a run lasted 10 s; RestartCount counts these
+# (docs.docker.com/engine/containers/start-containers-automatically/).
+_SUPERVISOR = r"""f=$1; policy=$2; shift 2; n=0; d=100
+while :; do
+  t=$SECONDS; c=0; "$@" || c=$?; echo "$c" > "$f"
+  case "$policy" in
+    no) exit "$c" ;;
+    on-failure*) [ "$c" -eq 0 ] && exit 0
+      max=${policy#on-failure}; max=${max#:}
+      [ -n "$max" ] && [ "$n" -ge "$max" ] && exit "$c" ;;
+  esac
+  (( SECONDS - t >= 10 )) && d=100
+  n=$((n + 1)); echo "$n" > "$f.restarts"; : > "$f.waiting"
+  sleep "$((d / 1000)).$(printf '%03d' $((d % 1000)))"; rm -f "$f.waiting"
+  d=$((d * 2 > 60000 ? 60000 : d * 2))
+done"""
+
+
+def _start(host: _Host, run: _Run, plan: _Plan, append_log: bool = False) -> dict:
     host.containers.mkdir(parents=True, exist_ok=True)
     log_path = host.containers / f"{run.name}.log"
     exit_file = host.containers / f"{run.name}.exit"
     exit_file.unlink(missing_ok=True)
-    with open(log_path, "w") as fh:
+    with open(log_path, "a" if append_log else "w") as fh:
         fh.writelines(f"{line}\n" for line in plan.notes)
     state = {
         "id": uuid.uuid4().hex + uuid.uuid4().hex, "name": run.name, "image": run.image,
         "role": plan.role, "created_at": time.time(), "log": str(log_path), "exit_file": str(exit_file),
         "ray_head": plan.ray_head, "is_ray_head": plan.is_ray_head, "mark": container_mark(host.dir),
         "host": host.address, "port": plan.port, "pid": None, "pgid": None, "start_ticks": None,
-        "exit_code": plan.exit_code, "argv": plan.argv,
+        "exit_code": plan.exit_code, "argv": plan.argv, "restart_policy": run.restart,
     }
     if plan.role == "exited":
         return state
     # A bash wrapper leads the session so that the engine's own exit code is recorded.
-    wrapper = ["bash", "-c", 'f=$1; shift; c=0; "$@" || c=$?; echo "$c" > "$f"; exit "$c"',
-               "container", str(exit_file), *plan.argv]
+    wrapper = ["bash", "-c", _SUPERVISOR, "container", str(exit_file), run.restart, *plan.argv]
     proc = process.start_group(wrapper, plan.env, log_path, cwd=host.home)
     state.update(pid=proc.pid, pgid=proc.pid, start_ticks=process.start_ticks(proc.pid))
     return state
@@ -958,7 +986,7 @@ def _start(host: _Host, run: _Run, plan: _Plan) -> dict:
 # -- docker: the other subcommands -------------------------------------------------------------
 def _docker(host: _Host, argv: list[str]) -> int:
     handlers = {"run": _docker_run, "rm": _docker_rm, "inspect": _docker_inspect,
-                "logs": _docker_logs, "exec": _docker_exec, "ps": _docker_ps}
+                "logs": _docker_logs, "exec": _docker_exec, "ps": _docker_ps, "restart": _docker_restart}
     if not argv or argv[0] not in handlers:
         raise _Fail(1, f"{NOTE} docker {' '.join(argv[:1])} is not emulated "
                        f"(emulated: {', '.join(handlers)})")
@@ -978,22 +1006,47 @@ def _docker_rm(host: _Host, args: list[str]) -> int:
             _no_such_container(name)
             code = 1
             continue
-        if not force and container_status(state)[0] == "running":
+        if not force and container_status(state)[0] in ("running", "restarting"):
             print(f"Error response from daemon: cannot remove container \"/{name}\": container is "
                   "running: stop the container before removing or force remove", file=sys.stderr)
             code = 1
             continue
         stop_container(state)
-        for suffix in (".json", ".log", ".exit"):
+        for suffix in (".json", ".log", ".exit", ".exit.restarts", ".exit.waiting"):
             (host.containers / f"{name}{suffix}").unlink(missing_ok=True)
         print(name)
     return code
 
 
+def _docker_restart(host: _Host, args: list[str]) -> int:
+    _grace, names = _take_option(args, ("-t", "--time", "--timeout", "-s", "--signal"))
+    code = 0
+    for name in names:
+        state = host.load(name)
+        if state is None or not state.get("run_args"):
+            print(f"Error response from daemon: No such container: {name}", file=sys.stderr)
+            code = 1
+            continue
+        stop_container(state)
+        run = _parse_run(state["run_args"])
+        fresh = _start(host, run, _plan(host, run, _read_entrypoint(run)), append_log=True)
+        fresh.update(id=state["id"], created_at=state["created_at"], run_args=state["run_args"])
+        _write_json(host.state_path(name), fresh)
+        print(name)
+    return code
+
+
+def _restart_count(state: dict) -> int:
+    try:
+        return int(Path(state["exit_file"] + ".restarts").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
 def _inspect_doc(state: dict) -> dict:
     status, code = container_status(state)
     return {
-        "Id": state["id"], "Name": f"/{state['name']}", "RestartCount": 0,
+        "Id": state["id"], "Name": f"/{state['name']}", "RestartCount": _restart_count(state),
         "Config": {"Image": state["image"]},
         "State": {"Status": status, "Running": status == "running", "ExitCode": code,
                   "Pid": state["pid"] if status == "running" else 0},

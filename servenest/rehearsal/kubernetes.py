@@ -1134,7 +1134,7 @@ class KubeController:
 
     Each :meth:`step` is one reconcile pass over everything, made under the emulator's lock
     (so it is atomic to API clients). ``pod_ip``, ``lb_address`` and ``job_result`` run under
-    that lock and must not call the API over HTTP; ``on_pod_running``/``on_pod_deleted`` run
+    that lock and must not call the API over HTTP; ``on_pod_running``/``_deleted``/``_crashed`` run
     after the step has released it, and may.
     """
 
@@ -1144,13 +1144,15 @@ class KubeController:
                  lb_address: Callable[[dict], str] | None = None,
                  job_result: Callable[[dict], tuple[int, str]] | None = None,
                  on_pod_running: Callable[[dict], None] | None = None,
-                 on_pod_deleted: Callable[[dict], None] | None = None):
+                 on_pod_deleted: Callable[[dict], None] | None = None,
+                 on_pod_crashed: Callable[[dict], None] | None = None):
         self.emu = emu
         self.pod_ready_steps, self.job_steps = pod_ready_steps, job_steps
         self.dataload_steps, self.lb_steps = dataload_steps, lb_steps
         self.pod_terminate_steps = pod_terminate_steps
         self.pod_ip, self.lb_address, self.job_result = pod_ip, lb_address, job_result
         self.on_pod_running, self.on_pod_deleted = on_pod_running, on_pod_deleted
+        self.on_pod_crashed = on_pod_crashed  # its container exited: whatever it served stops
         self.fail_dataloads = 0
         self.crash_loop: set[str] = set()  # pod name prefixes (restartPolicy Always pods)
         self.crash_log = "Error: the engine exited with code 1 (emulated crash loop)\n"
@@ -1562,6 +1564,8 @@ class KubeController:
                     and pod["spec"].get("restartPolicy", "Always") == "Always":
                 # Only restarting pods loop; a Job's pod (Never) ends as job_result says.
                 self._run(pod, nodes, crash=True)
+                if self.on_pod_crashed:
+                    self._callbacks.append(functools.partial(self.on_pod_crashed, pod))
                 self.emu.set_pod_log(ns, name, self.crash_log, previous=True)
                 self._event(pod, "BackOff", "Back-off restarting failed container", "kubelet")
             else:

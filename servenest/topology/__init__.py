@@ -7,7 +7,14 @@ from servenest.errors import TopologyNotAvailableError
 from servenest.spec import DeploymentSpec
 from servenest.state import DeploymentState
 from servenest.topology.ack import AckTopology
-from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
+from servenest.topology.base import (
+    Endpoint,
+    EngineStatus,
+    Estimate,
+    RuntimeState,
+    StagedWeights,
+    Topology,
+)
 from servenest.topology.ecs import EcsTopology
 from servenest.topology.local import LocalTopology
 
@@ -31,4 +38,4 @@ def open_topology(
     return cls(spec, state, run)
 
 
-__all__ = ["TOPOLOGIES", "Endpoint", "EngineStatus", "Estimate", "StagedWeights", "Topology", "open_topology"]
+__all__ = ["TOPOLOGIES", "Endpoint", "EngineStatus", "Estimate", "RuntimeState", "StagedWeights", "Topology", "open_topology"]

@@ -51,7 +51,14 @@ from servenest.k8s import autoscaling, fluid, serving
 from servenest.k8s.client import CUSTOM_METRICS_API, DEPLOYMENT_LABEL, RESOURCES, Kube, KubeNotFound
 from servenest.spec import load_spec_data
 from servenest.state import DeploymentState
-from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
+from servenest.topology.base import (
+    Endpoint,
+    EngineStatus,
+    Estimate,
+    RuntimeState,
+    StagedWeights,
+    Topology,
+)
 from servenest.topology.ecs import (
     STAGING_RATE_BPS,
     delete_deployment_stacks,
@@ -577,6 +584,28 @@ class AckTopology(Topology):
         want = self.spec.cloud.nodes * int((workload.get("spec") or {}).get("replicas", 1))
         phases = ", ".join(sorted({(p.get("status") or {}).get("phase", "Pending") for p in pods})) or "no pods yet"
         return EngineStatus(True, None, f"{kind} {name}: {ready}/{want} pods ready ({phases})")
+
+    def runtime_state(self) -> RuntimeState:
+        st = self.status()
+        try:
+            pods = self._engine_pods() if self.state.engine else []
+        except CloudTransientError:
+            pods = []
+        restarts = sum(cs.get("restartCount", 0) for p in pods
+                       for cs in (p.get("status") or {}).get("containerStatuses") or [])
+        return RuntimeState(st.running, st.detail, restarts)
+
+    def restart_engine(self, api_key: str) -> dict:
+        # The workload's controller replaces deleted pods with fresh ones of the same template.
+        pods = self._engine_pods() if self.state.engine else []
+        if not pods:
+            raise ServeNestError(f"{self.spec.name} has no engine pods to restart")
+        # With several replicas, only the broken ones: the others go on serving.
+        broken = [p for p in pods if pod_problem(p) or not _ready(p)]
+        names = [p["metadata"]["name"] for p in broken or pods]
+        for name in names:
+            self.kube.delete("Pod", self.namespace, name)
+        return {"pods_deleted": names}
 
     def _serving_pod(self) -> dict | None:
         pods = [p for p in self._engine_pods()

@@ -33,6 +33,16 @@ class EngineStatus:
 
 
 @dataclass(frozen=True)
+class RuntimeState:
+    """What the runtime under the engine says, for the watch and the heal ladder."""
+
+    serving: bool  # the engine's process, container or pods are up
+    detail: str = ""
+    restarts: int = 0  # restarts the runtime made on its own (docker's policy, the kubelet)
+    gone: bool = False  # the machines themselves are gone: only a reprovision can help
+
+
+@dataclass(frozen=True)
 class Estimate:
     """What the deployment costs per hour while it runs, before anything is created."""
 
@@ -135,6 +145,16 @@ class Topology(ABC):
     @abstractmethod
     def status(self) -> EngineStatus:
         """Whether the engine process is running."""
+
+    def runtime_state(self) -> RuntimeState:
+        """The watch's view of the runtime (overridden where the runtime says more)."""
+        st = self.status()
+        return RuntimeState(st.running, st.detail)
+
+    @abstractmethod
+    def restart_engine(self, api_key: str) -> dict:
+        """Restart the engine as it was launched (same arguments, no restaging): the
+        heal ladder's first rung. Raises when there is nothing to restart."""
 
     def diagnostics(self) -> dict:
         """What helps a person see why a gate failed (overridden where there is more)."""

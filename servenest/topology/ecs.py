@@ -43,7 +43,14 @@ from servenest.errors import (
 )
 from servenest.spec import DeploymentSpec, load_spec_data
 from servenest.state import DeploymentState
-from servenest.topology.base import Endpoint, EngineStatus, Estimate, StagedWeights, Topology
+from servenest.topology.base import (
+    Endpoint,
+    EngineStatus,
+    Estimate,
+    RuntimeState,
+    StagedWeights,
+    Topology,
+)
 
 log = logging.getLogger(__name__)
 STAGING_POLL_S = (20.0, 1.8, 180.0)  # a download takes minutes to hours: poll gently
@@ -455,20 +462,44 @@ class EcsTopology(Topology):
         cache = self._cached_status
         if cache and now - cache[0] < self.session.timings.status_cache_s * self.session.timings.scale:
             return cache[1]
+        status, _ = self._inspect()
+        self._cached_status = (now, status)
+        return status
+
+    def _inspect(self) -> tuple[EngineStatus, RuntimeState]:
+        """The serving host's container, by ``docker inspect`` through Cloud Assistant."""
         serving = self._serving_ids()
         try:
             result = self.assistant.run(serving, scripts.status_script(), name="servenest-status",
                                         timeout_s=60, check=False)[0]
         except CloudTransientError as exc:
             # Liveness is advisory (the gate's HTTP checks decide); an API hiccup is no verdict.
-            return EngineStatus(True, None, f"unknown ({exc.code or 'transient error'})")
+            detail = f"unknown ({exc.code or 'transient error'})"
+            return EngineStatus(True, None, detail), RuntimeState(True, detail)
         except CloudError as exc:
             if exc.code.startswith("InvalidInstance"):
-                return EngineStatus(False, detail=f"instance {serving[0]} is gone")
+                detail = f"instance {serving[0]} is gone"
+                return EngineStatus(False, detail=detail), RuntimeState(False, detail, gone=True)
             raise
         status = _container_status(result)
-        self._cached_status = (now, status)
-        return status
+        return status, RuntimeState(status.running, status.detail, _restart_count(result))
+
+    def runtime_state(self) -> RuntimeState:
+        if not self.state.engine or not self.instances:
+            return RuntimeState(False, "not launched")
+        return self._inspect()[1]
+
+    def restart_engine(self, api_key: str) -> dict:
+        # `docker restart` keeps the container's arguments and its mounted key file; the
+        # master goes first on ecs-dual so the worker rejoins a fresh Ray head.
+        self._ids()
+        for inst in self.instances:
+            self.assistant.run([inst["instance_id"]], scripts.restart_script(),
+                               name=f"servenest-restart-{inst['role']}", timeout_s=300)
+        self._cached_status = None
+        self.state.engine["restarted_at"] = time.time()
+        self.save()
+        return {"restarted": [f"{i['role']}={i['instance_id']}" for i in self.instances]}
 
     def logs(self, lines: int = 40) -> list[str]:
         if not self.instances:
@@ -549,6 +580,12 @@ def _container_status(result: CommandResult) -> EngineStatus:
         return EngineStatus(False, None, f"no container {scripts.CONTAINER_NAME} on {result.instance_id}")
     code = int(words[1]) if len(words) > 1 and words[1].lstrip("-").isdigit() else None
     return EngineStatus(False, code, f"container {scripts.CONTAINER_NAME} {words[0]} (exit {code}) on {result.instance_id}")
+
+
+def _restart_count(result: CommandResult) -> int:
+    """The third word of the status line: docker's RestartCount (its restart policy's)."""
+    words = (result.output.strip().splitlines() or [""])[-1].split() if result.ok else []
+    return int(words[2]) if len(words) > 2 and words[2].isdigit() else 0
 
 
 def _ray_nodes(output: str) -> int | None:

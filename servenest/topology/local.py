@@ -15,6 +15,7 @@ from servenest.errors import (
     DownloadFailedError,
     EngineEnvironmentError,
     PortInUseError,
+    ServeNestError,
     WeightsError,
 )
 from servenest.fit import hardware_candidates, parallelism
@@ -205,6 +206,13 @@ class LocalTopology(Topology):
         out["launch"] = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())) + " " + shlex.join(argv)
         out["endpoint"] = self.endpoint().base_url + "/v1"
         return out
+
+    def restart_engine(self, api_key: str) -> dict:
+        # A process has no runtime of its own to restart it: stop the group, start it again
+        # with the recorded spec (same arguments, same staged weights).
+        if not self.state.engine and not self.state.resources:
+            raise ServeNestError(f"{self.spec.name} was never launched here; nothing to restart")
+        return self.launch(api_key)
 
     def endpoint(self) -> Endpoint:
         host = "127.0.0.1" if self.host == "0.0.0.0" else self.host

@@ -5,6 +5,7 @@ trigger fired by an event, and the clean-up automation after a run whose worker 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from blocks.endpoint import ServeNestEndpoint
 from servenest import process
@@ -215,6 +217,38 @@ def test_a_published_revision_starts_the_models_redeploys(worker):
     final = wait_for(lambda: (r := get_client(sync_client=True).read_flow_run(run.id)).state.is_final() and r,
                      120, what="the redeploy run to end")
     assert final.state.is_completed()
+
+
+def test_the_watchs_down_event_runs_heal_through_the_automation(worker):
+    from servenest.events import ENDPOINT_DOWN
+    from tasks.watch import emit_endpoint_event
+    from tests.integration.servers import drain_client_workers
+
+    automation = yaml.safe_load((REPO / "deployments/automations/heal-on-down.yaml").read_text())
+    automation["name"] += f"-test-{time.time_ns()}"
+    created = prefect("automation", "create", "--from-json", json.dumps(automation))
+    assert created.returncode == 0, created.stdout + created.stderr
+    with get_client(sync_client=True) as client:
+        heal_id = client.read_deployment_by_name("heal/local-tiny").id
+
+        def heal_runs():
+            return client.read_flow_runs(limit=200, deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[heal_id])))
+
+        # The event exactly as the watch sends it; again if the server had not loaded the
+        # new automation yet (it refreshes its triggers every few seconds).
+        for _ in range(6):
+            emit_endpoint_event.fn("local-tiny", ENDPOINT_DOWN, {"reasons": ["/health answered 503"]})
+            drain_client_workers()
+            with contextlib.suppress(AssertionError):
+                wait_for(heal_runs, 10, what="a heal run")
+                break
+        (run,) = wait_for(heal_runs, 10, what="the automation's heal run")
+        done = wait_for(lambda: (r := client.read_flow_run(run.id)).state.is_final() and r,
+                        120, what="the heal run to end")
+    assert done.name == "heal-local-tiny" and done.parameters == {"name": "local-tiny"}
+    # local-tiny is not registered on this server: the heal finds nothing to mend and says so.
+    assert done.state.is_completed(), done.state.message
 
 
 def _flow_run_process(flow_run_id: str) -> int | None:

@@ -8,7 +8,13 @@ import base64
 
 import pytest
 
-from servenest.errors import CloudCredentialsError, CloudError, CloudInputError, WeightsError
+from servenest.errors import (
+    CloudCredentialsError,
+    CloudError,
+    CloudInputError,
+    ServeNestError,
+    WeightsError,
+)
 from servenest.k8s import serving
 from servenest.rehearsal.kubernetes import KubeController, KubeEmulator
 from servenest.topology.ack import AckTopology, gpu_models_offering, pod_problem
@@ -235,6 +241,34 @@ def test_a_crash_loop_is_a_dead_engine_with_its_last_logs(ack, kube, controller)
     [pod_key] = [k for k in diag if k.startswith("pod ")]
     assert diag[pod_key]["phase"] == "Running"
     assert "unit-test-private" in " ".join(diag)
+
+
+def test_runtime_state_counts_pod_restarts_and_restart_engine_replaces_the_pods(ack, kube, controller):
+    controller.crash_loop = {"unit-test-"}
+    topo = ack()
+    topo.stage_weights()
+    topo.launch(KEY)
+    for _ in range(50):
+        rs = topo.runtime_state()
+        if rs.restarts >= 2:
+            break
+        controller.step()
+    assert rs.restarts >= 2 and not rs.serving and not rs.gone
+    controller.crash_loop = set()
+    old = {p["metadata"]["name"] for p in topo._engine_pods()}
+    assert sorted(topo.restart_engine(KEY)["pods_deleted"]) == sorted(old)
+    for _ in range(50):
+        controller.step()
+        pods = topo._engine_pods()
+        if pods and not {p["metadata"]["name"] for p in pods} & old and topo.status().running:
+            break
+    assert pods and not {p["metadata"]["name"] for p in pods} & old, "the Deployment made new pods"
+    assert topo.runtime_state().restarts == 0
+
+
+def test_restart_engine_without_pods_says_so(ack):
+    with pytest.raises(ServeNestError, match="no engine pods to restart"):
+        ack().restart_engine(KEY)
 
 
 def test_pod_problem_reads_container_states():

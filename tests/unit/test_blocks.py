@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from blocks import AlibabaCloudCredentials, ServeNestEndpoint
+from blocks import AlibabaCloudCredentials, ServeNestEndpoint, ServeNestHealth
 
 
-@pytest.mark.parametrize("block", [AlibabaCloudCredentials, ServeNestEndpoint])
+@pytest.mark.parametrize("block", [AlibabaCloudCredentials, ServeNestEndpoint, ServeNestHealth])
 class TestAllBlocksAdhereToStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):

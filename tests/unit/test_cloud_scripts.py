@@ -226,3 +226,14 @@ def test_key_script_writes_the_key_exactly_and_root_only(tmp_path):
     assert written.read_text() == key and oct(written.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ValueError):
         key_script("two\nlines")
+
+
+def test_the_engine_container_has_a_restart_policy_and_restarts_as_created():
+    from servenest.cloud import scripts as s
+    from servenest.spec import load_spec_data
+
+    spec = load_spec_data({"name": "rp", "model": "Qwen/QwQ-32B", "topology": "ecs-single",
+                           "weights": {"source": "modelscope"}, "access": {"api_key_secret": "k"},
+                           "cloud": {"instance_types": ["ecs.gn7i-8x.16xlarge"]}})
+    assert "--restart unless-stopped" in s.launch_script(spec, "single")
+    assert "docker restart -t 30 vllm" in s.restart_script()

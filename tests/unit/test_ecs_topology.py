@@ -392,3 +392,30 @@ def test_engine_logs_lose_any_api_key_before_they_are_shown(cloud, ecs_spec):
     cloud.hosts.fail["docker logs"] = (0, f"server_args=ServerArgs(api_key='{KEY}', port=8000)\n")
     assert KEY not in "\n".join(t.logs()) and KEY not in json.dumps(t.diagnostics())
     assert redact_keys(f"--api-key {KEY} --port 1") == "--api-key <redacted> --port 1"
+
+
+def test_runtime_state_carries_docker_restarts_and_a_released_instance_is_gone(cloud, ecs_spec):
+    t = fresh(ecs_spec())
+    assert t.runtime_state().serving is False and not cloud.calls  # not launched: no API call
+    bring_up(t)
+    cloud.hosts.container = "running 0 3"
+    rs = t.runtime_state()
+    assert (rs.serving, rs.restarts, rs.gone) == (True, 3, False)
+    cloud.hosts.container = "restarting 137 4"
+    rs = t.runtime_state()
+    assert (rs.serving, rs.restarts) == (False, 4) and "restarting" in rs.detail
+    [iid] = list(cloud.instances)
+    cloud.release_instance(iid)
+    rs = t.runtime_state()
+    assert (rs.serving, rs.gone) == (False, True) and iid in rs.detail
+
+
+def test_restart_engine_restarts_the_container_on_every_host_master_first(cloud, make_spec):
+    t = fresh(make_spec("ecs", topology="ecs-dual", cloud={"zones": ZONES, "instance_types": TYPES, "nodes": 2}))
+    bring_up(t)
+    before = len(cloud.hosts.named("docker restart"))
+    out = t.restart_engine(KEY)
+    restarts = cloud.hosts.named("docker restart")[before:]
+    assert [iid for iid, _ in restarts] == [i["instance_id"] for i in t.instances]
+    assert out["restarted"][0].startswith("master=")
+    assert KEY not in str(restarts)  # the container reads its mounted key file again

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from servenest import paths, process
-from servenest.errors import PortInUseError, SpecError, WeightsError
+from servenest.errors import PortInUseError, ServeNestError, SpecError, WeightsError
 from servenest.manifest import MANIFEST_NAME
 from servenest.spec import load_spec_file
 from servenest.state import DeploymentState, load_state, state_path
@@ -243,6 +243,8 @@ def test_status_and_teardown_of_a_deployment_never_launched(make_spec):
     assert t.status().running is False and t.status().detail == "not launched"
     assert t.logs() == []
     assert t.teardown()["stopped"] is False
+    with pytest.raises(ServeNestError, match="never launched here; nothing to restart"):
+        t.restart_engine("sk-unused")
 
 
 # -- status and teardown of a process group (a stand-in for the engine, never vLLM) -----------------

@@ -20,6 +20,8 @@ ENTRYPOINTS = {
     "flows/benchmark.py:benchmark": "benchmark",
     "flows/teardown.py:teardown": "teardown",
     "flows/redeploy.py:redeploy": "redeploy",
+    "flows/watch.py:watch": "watch",
+    "flows/heal.py:heal": "heal",
 }
 
 
@@ -63,6 +65,8 @@ def test_render_has_a_deployment_per_flow_per_spec_file():
         assert by_entry["flows/benchmark.py:benchmark"]["parameters"] == {"name": spec.name}
         assert by_entry["flows/teardown.py:teardown"]["parameters"] == {"name": spec.name}
         assert load_spec_data(by_entry["flows/redeploy.py:redeploy"]["parameters"]["spec"]) == spec
+        assert by_entry["flows/watch.py:watch"]["parameters"] == {"name": spec.name}
+        assert by_entry["flows/heal.py:heal"]["parameters"] == {"name": spec.name}
     sweeps = [d for d in doc["deployments"] if d["entrypoint"] == "flows/sweep.py:sweep"]
     assert len(doc["deployments"]) == len(ENTRYPOINTS) * len(files) + len(sweeps)
 
@@ -147,3 +151,36 @@ def test_the_triggers_are_valid_prefect_deployment_triggers(tmp_path, spec_dict)
     for d in doc["deployments"]:
         for trigger in d.get("triggers", []):
             DeploymentEventTrigger.model_validate({k: v for k, v in trigger.items() if k != "type"})
+
+
+def test_every_provision_has_a_watch_on_a_schedule_off_for_local_unless_asked(tmp_path, spec_dict):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(spec_dict("ecs", name="cloudy")))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(spec_dict("local", name="here")))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(spec_dict(
+        "local", name="asked", watch={"schedule": True, "every_minutes": 1})))
+    deployments = yaml.safe_load(render(tmp_path))["deployments"]
+    watches = {d["name"]: d for d in deployments if d["entrypoint"] == "flows/watch.py:watch"}
+    provisions = {d["name"] for d in deployments if d["entrypoint"] == "flows/provision.py:provision"}
+    assert set(watches) == provisions
+    assert watches["cloudy"]["schedules"] == [{"interval": 300, "active": True}]
+    assert watches["here"]["schedules"] == [{"interval": 300, "active": False}]
+    assert watches["asked"]["schedules"] == [{"interval": 60, "active": True}]
+    heals = {d["name"]: d for d in deployments if d["entrypoint"] == "flows/heal.py:heal"}
+    # The down event arrives every pass while it is down: a second heal is cancelled, not queued.
+    assert heals["cloudy"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+
+def test_the_heal_automation_runs_the_heal_deployment_the_watchs_down_event_names():
+    from prefect.events.schemas.automations import AutomationCore
+
+    from servenest.events import ENDPOINT_DOWN, HEAL_ROLE, endpoint_resource_id
+
+    automation = AutomationCore.model_validate(
+        yaml.safe_load((REPO_ROOT / "deployments" / "automations" / "heal-on-down.yaml").read_text()))
+    trigger = automation.trigger
+    assert trigger.expect == {ENDPOINT_DOWN} and trigger.for_each == {"prefect.resource.id"}
+    assert dict(trigger.match.root) == {"prefect.resource.id": "servenest.endpoint.*"}
+    assert endpoint_resource_id("qwen3-8b") == "servenest.endpoint.qwen3-8b"
+    assert dict(trigger.match_related.root) == {"prefect.resource.role": HEAL_ROLE}
+    [action] = automation.actions
+    assert (action.type, action.source) == ("run-deployment", "inferred")

@@ -367,12 +367,48 @@ def test_docker_inspect_logs_and_missing_containers(hosts):
     assert hosts.run("docker exec vllm ray status", "i-inspect")[0] == 1  # not a Ray head
 
 
-def test_crashed_engine_shows_its_exit_code(hosts):
-    address, port = serving_host(hosts, "i-crash")
-    for pid in engine_pids(hosts, "i-crash"):
-        if b"openai_noop" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGKILL)
+def kill_engine(hosts: EmulatedHosts, instance_id: str, sig: int = signal.SIGKILL) -> None:
+    for pid in engine_pids(hosts, instance_id):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if argv[0] != b"bash" and b"openai_noop" in b" ".join(argv):  # not its supervisor
+            os.kill(pid, sig)
+
+
+def test_crashed_engine_without_a_restart_policy_shows_its_exit_code(hosts):
+    address = add_host(hosts, "i-crash")
+    spec = single_spec(free_port(address))
+    ok(hosts.run(scripts.staging_script(spec, "single"), "i-crash"))
+    ok(hosts.run(scripts.key_script(KEY), "i-crash"))
+    ok(hosts.run(scripts.launch_script(spec, "single").replace(
+        f"--restart {scripts.RESTART_POLICY}", "--restart no"), "i-crash"))
+    assert serving(address, spec.access.port)
+    kill_engine(hosts, "i-crash")
     assert wait_for(lambda: ok(hosts.run(INSPECT, "i-crash")) == "exited 137 0\n")
+
+
+def test_the_restart_policy_brings_a_crashed_engine_back_and_counts_it(hosts):
+    address, port = serving_host(hosts, "i-policy")
+    kill_engine(hosts, "i-policy")
+    assert wait_for(lambda: ok(hosts.run(INSPECT, "i-policy")) == "running 0 1\n")
+    assert serving(address, port)
+    kill_engine(hosts, "i-policy")
+    assert wait_for(lambda: ok(hosts.run(INSPECT, "i-policy")) == "running 0 2\n")
+    assert serving(address, port)
+    code, out = hosts.run("docker run -d --restart sometimes --name x --entrypoint /bin/bash img /x.sh", "i-policy")
+    assert code == 125 and "invalid restart policy: sometimes" in out
+
+
+def test_docker_restart_runs_the_container_again_and_needs_one(hosts):
+    address, port = serving_host(hosts, "i-restart")
+    kill_engine(hosts, "i-restart", signal.SIGSTOP)  # hung: alive, answering nothing
+    assert http_status(f"http://{address}:{port}/health") is None
+    old = engine_pids(hosts, "i-restart")
+    assert ok(hosts.run(scripts.restart_script(), "i-restart")).startswith("vllm\n")
+    assert serving(address, port) and set(engine_pids(hosts, "i-restart")).isdisjoint(old)
+    assert ok(hosts.run(INSPECT, "i-restart")) == "running 0 0\n"  # a restart by hand is no policy restart
+    ok(hosts.run("docker rm -f vllm", "i-restart"))
+    code, out = hosts.run(scripts.restart_script(), "i-restart")
+    assert code != 0 and "No such container: vllm" in out
 
 
 def test_sglang_container_exits_with_the_rehearsal_message(hosts):
