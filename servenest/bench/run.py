@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -168,15 +169,27 @@ def measure(
     frame = metrics.per_request_frame(run, m.output_lens)
     lags = [r.send_lag_s for r in run.results]
     lag_p99 = float(np.percentile(lags, 99)) if lags else 0.0
+    late_share = late_send_cpu_wait_share(run, settings.max_send_lag_ms / 1000)
+    load = _load_average()
     reasons = []
     if lag_p99 * 1000 > settings.max_send_lag_ms:
-        reasons.append(f"send lag p99 {lag_p99 * 1000:.1f} ms > {settings.max_send_lag_ms:g} ms")
+        reason = f"send lag p99 {lag_p99 * 1000:.1f} ms > {settings.max_send_lag_ms:g} ms"
+        if late_share is not None:
+            reason += (f" (for {late_share:.0%} of the late sends' lag the client was runnable but "
+                       f"had no CPU: other processes held them"
+                       + (f", load average {load:.1f} on {os.cpu_count()} CPUs" if load is not None
+                          else "") + ")")
+        reasons.append(reason)
     if run.duration_s and run.client_cpu_s / run.duration_s > MAX_CLIENT_CPU_SHARE:
         reasons.append(
             f"client used {run.client_cpu_s / run.duration_s:.0%} of a core: it was the bottleneck"
         )
-    result["servenest"] = {"send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
-                           "valid": not reasons, "invalid_reasons": reasons}
+    result["servenest"] = {
+        "send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
+        "client_cpu_wait_s": run.cpu_wait_s, "late_send_cpu_wait_share": late_share,
+        "load_average_1m": load, "cpus": os.cpu_count(),
+        "valid": not reasons, "invalid_reasons": reasons,
+    }
     summary = metrics.summary_text(
         m, run, settings.percentile_metrics, request_rate=settings.request_rate,
         max_concurrency=settings.max_concurrency, goodput=bool(settings.goodput),
@@ -187,6 +200,25 @@ def measure(
         client_cpu_per_request_ms=run.client_cpu_s / max(len(run.results), 1) * 1000,
         send_lag_p99_ms=lag_p99 * 1000,
     )
+
+
+def late_send_cpu_wait_share(run: LoadRun, limit_s: float) -> float | None:
+    """Of the lag of sends later than ``limit_s``, the share the client's loop spent runnable
+    without a CPU (None when no send was late or the kernel did not say). Near 1: the
+    machine's CPUs were taken by other processes; near 0: the client itself was busy."""
+    late = [(r.send_lag_s, r.send_cpu_wait_s) for r in run.results
+            if r.send_lag_s > limit_s and r.send_cpu_wait_s is not None]
+    lag = sum(x for x, _ in late)
+    if not lag:
+        return None
+    return sum(min(w, x) for x, w in late) / lag
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def run_header(s: BenchSettings) -> dict:

@@ -71,3 +71,17 @@ def test_saved_json_leaves_per_request_arrays_out_unless_detailed(tmp_path):
     out.settings.save_detailed = True
     detailed = json.loads(save_result(out, str(tmp_path), "b.json").read_text())
     assert len(detailed["ttfts"]) == 3 and len(detailed["generated_texts"]) == 3
+
+
+def test_late_sends_say_how_much_of_their_lag_was_waiting_for_a_cpu():
+    reqs = [SampleRequest("p", 8, 4)] * 100
+    run = _run([0.2] * 95 + [40.0] * 5)
+    for r in run.results[95:]:
+        r.send_cpu_wait_s = 0.036  # 36 of the 40 ms: other processes held the CPUs
+    out = measure(BenchSettings(**BASE), reqs, run)
+    assert out.result["servenest"]["late_send_cpu_wait_share"] == pytest.approx(0.9)
+    assert "for 90% of the late sends' lag the client was runnable but had no CPU" in out.invalid_reasons[0]
+    # Unknown (no schedstat) or no late send: no share, and the reason says nothing of it.
+    plain = measure(BenchSettings(**BASE), reqs, _run([0.2] * 95 + [40.0] * 5))
+    assert plain.result["servenest"]["late_send_cpu_wait_share"] is None
+    assert plain.invalid_reasons[0].endswith("> 10 ms")
