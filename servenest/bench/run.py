@@ -188,6 +188,7 @@ def measure(
         "send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
         "client_cpu_wait_s": run.cpu_wait_s, "late_send_cpu_wait_share": late_share,
         "load_average_1m": load, "cpus": os.cpu_count(),
+        "first_errors": metrics.first_errors(run.results),
         "valid": not reasons, "invalid_reasons": reasons,
     }
     summary = metrics.summary_text(
@@ -237,8 +238,10 @@ def result_filename(s: BenchSettings, date: str) -> str:
     return f"{s.label or s.backend}-{s.request_rate}qps{conc}-{s.model.split('/')[-1]}-{date}.json"
 
 
-# What `vllm bench serve --save-result` leaves out unless --save-detailed.
-DETAILED_FIELDS = ("input_lens", "output_lens", "start_times", "ttfts", "itls", "generated_texts", "errors")
+# What `vllm bench serve --save-result` leaves out unless --save-detailed, except `errors`:
+# one short string per request ("" for a success), kept so a saved run always says why its
+# requests failed (vLLM drops it, and its failed runs then say nothing).
+DETAILED_FIELDS = ("input_lens", "output_lens", "start_times", "ttfts", "itls", "generated_texts")
 
 
 def save_result(outcome: BenchmarkOutcome, result_dir: str | None, filename: str | None) -> Path:

@@ -85,3 +85,23 @@ def test_late_sends_say_how_much_of_their_lag_was_waiting_for_a_cpu():
     plain = measure(BenchSettings(**BASE), reqs, _run([0.2] * 95 + [40.0] * 5))
     assert plain.result["servenest"]["late_send_cpu_wait_share"] is None
     assert plain.invalid_reasons[0].endswith("> 10 ms")
+
+
+def test_a_saved_run_says_why_its_requests_failed(tmp_path):
+    import json
+
+    from servenest.bench.run import save_result
+
+    run = _run([0.1] * 4)
+    run.results[1].success, run.results[1].error = False, "HTTP 500 Internal Server Error: boom"
+    run.results[3].success, run.results[3].error = False, "ServerDisconnectedError: Server disconnected"
+    out = measure(BenchSettings(**BASE), [SampleRequest("p", 8, 4)] * 4, run)
+    saved = json.loads(save_result(out, str(tmp_path), "r.json").read_text())
+    # vLLM's per-request `errors` list ("" for a success), kept even without --save-detailed.
+    assert saved["failed"] == 2 and "ttfts" not in saved
+    assert saved["errors"] == ["", "HTTP 500 Internal Server Error: boom", "",
+                               "ServerDisconnectedError: Server disconnected"]
+    assert saved["servenest"]["first_errors"] == [
+        {"error": "HTTP 500 Internal Server Error: boom", "count": 1},
+        {"error": "ServerDisconnectedError: Server disconnected", "count": 1}]
+    assert "2 of 4 requests failed; errors:" in out.summary
