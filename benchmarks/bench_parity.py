@@ -303,16 +303,10 @@ def long_case(a) -> int:
 
 
 def long_verdict(rate: float, runs: list[tuple[str, dict]], max_lag_ms: float) -> bool:
-    v = [r for who, r in runs if who == "vllm"]
-    s = [r for who, r in runs if who == "servenest"]
-    ok = True
+    v, s = split_runs(runs)
     print(f"\n== long-sharegpt, {rate:g} req/s, {LONG_PROMPTS} prompts, chat, --ignore-eos, "
           f"runs V S V S ==")
-    for key in ("completed", "total_input_tokens", "total_output_tokens"):
-        same = len({r[key] for r in v + s}) == 1
-        ok &= same
-        print(f"{key:22} vllm {[r[key] for r in v]} servenest {[r[key] for r in s]}  "
-              f"{'equal' if same else 'DIFFERENT'}")
+    ok = counts_equal(v, s)
     for key in LONG_KEYS:
         vv = [r[key] for r in v]
         lo, hi = min(vv) * (1 - WIDEN), max(vv) * (1 + WIDEN)
@@ -409,17 +403,26 @@ def client_overhead(model_dir: str, key: str, a) -> dict:
     return {"vllm": v["median_ttft_ms"], "servenest": s["median_ttft_ms"]}
 
 
-def verdict(runs: list[tuple[str, dict]], a, overhead: dict) -> int:
-    v = [r for who, r in runs if who == "vllm"]
-    s = [r for who, r in runs if who == "servenest"]
+def split_runs(runs: list[tuple[str, dict]]) -> tuple[list[dict], list[dict]]:
+    return [r for who, r in runs if who == "vllm"], [r for who, r in runs if who == "servenest"]
+
+
+def counts_equal(v: list[dict], s: list[dict]) -> bool:
+    """Completed requests and token totals: the same in every run of both tools."""
     ok = True
-    print(f"\nsettings: random {a.input_len}->{a.output_len} tokens, {a.num_prompts} prompts, "
-          f"{a.request_rate} req/s, seed {a.seed}, ignore_eos, temperature 0")
     for key in ("completed", "total_input_tokens", "total_output_tokens"):
         same = len({r[key] for r in v + s}) == 1
         ok &= same
         print(f"{key:22} vllm {[r[key] for r in v]} servenest {[r[key] for r in s]}  "
               f"{'equal' if same else 'DIFFERENT'}")
+    return ok
+
+
+def verdict(runs: list[tuple[str, dict]], a, overhead: dict) -> int:
+    v, s = split_runs(runs)
+    print(f"\nsettings: random {a.input_len}->{a.output_len} tokens, {a.num_prompts} prompts, "
+          f"{a.request_rate} req/s, seed {a.seed}, ignore_eos, temperature 0")
+    ok = counts_equal(v, s)
     for key in KEYS:
         vv = [r[key] for r in v]
         ref = sum(vv) / len(vv)
