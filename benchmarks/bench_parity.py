@@ -196,6 +196,39 @@ def write_long_sharegpt(path: Path, tokenizer, n: int = LONG_CONVERSATIONS, seed
     return path
 
 
+# A control: a process that does nothing but wake every 5 ms for the length of a run, and
+# reports how late its wake-ups were (p99, ms). Its lateness is the machine's alone.
+WAKEUP_PROBE = r"""
+import sys, time
+late, step = [], 0.005
+t = time.perf_counter()
+while not sys.stdin.closed:
+    t += step
+    delay = t - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+    late.append(max(0.0, time.perf_counter() - t) * 1000)
+    if len(late) % 20 == 0:
+        import select
+        if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
+            break
+late.sort()
+print(late[int(0.99 * (len(late) - 1))] if late else 0.0)
+"""
+
+
+class WakeupProbe:
+    """Runs :data:`WAKEUP_PROBE` beside a benchmark run; ``stop()`` returns its p99 lateness."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", WAKEUP_PROBE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> float:
+        out, _ = self.proc.communicate(timeout=30)  # closes stdin: the probe ends
+        return float(out.strip() or "nan")
+
+
 def machine_load() -> str:
     """The 1-minute load average and CPU pressure (share of time some task waited for a CPU)."""
     try:
@@ -259,6 +292,8 @@ def _brief(r: dict) -> str:
             + (f"{r['send_lag_p99_ms']:.1f} ms" if r.get("send_lag_p99_ms") is not None else "n/a")
             + (f" | loop thread waited {wait:.1f} s of {r['duration']:.1f} s for a CPU"
                if wait is not None else "")
+            + (f" | idle probe's wake-up lag p99 {r['probe_lag_p99_ms']:.1f} ms"
+               if "probe_lag_p99_ms" in r else "")
             + (f" | errors {sorted(set(r['errors']))[:3]}" if r.get("errors") else ""))
 
 
@@ -286,10 +321,11 @@ def long_case(a) -> int:
             for i in range(a.rounds):
                 for who in ("vllm", "servenest"):
                     before = machine_load()
+                    probe = WakeupProbe()
                     r = (long_vllm_run(engine_python, base_url, model_dir, key, dataset, rate, a.seed)
                          if who == "vllm" else
                          long_servenest_run(base_url, model_dir, key, dataset, rate, a.seed))
-                    r["load_before"] = before
+                    r["load_before"], r["probe_lag_p99_ms"] = before, probe.stop()
                     runs.append((who, r))
                     print(f"{rate:g} req/s round {i + 1} {who:9} [{before}]\n    {_brief(r)}",
                           flush=True)
@@ -326,6 +362,8 @@ def long_verdict(rate: float, runs: list[tuple[str, dict]], max_lag_ms: float) -
     print(f"{'send lag p99 (ms)':22} servenest {[round(x, 2) for x in lags]} (limit {max_lag_ms:g}) "
           f"{'ok' if fine else 'OVER'}; vllm, timed the same way, "
           f"{[None if x is None else round(x, 2) for x in v_lags]}")
+    print(f"{'machine wake-up lag':22} p99 of a process that only sleeps 5 ms at a time, during "
+          f"each run: {[round(r['probe_lag_p99_ms'], 1) for _, r in runs]} (V S V S)")
     print(f"{'CPU wait of the loop':22} vllm {[_wait(r) for r in v]} servenest {[_wait(r) for r in s]}"
           f" (s runnable without a CPU / run s); servenest late-send lag spent waiting for a CPU: "
           f"{[_share(r) for r in s]}")

@@ -60,6 +60,8 @@ SHARD_START_MARGIN_S = 0.25
 SPIN_WINDOW_S = 0.0003
 # Wake the scheduler with a timerfd (Linux) rather than uvloop's millisecond timers.
 PRECISE_TIMER = True
+# How long before a timed send the scheduler reads its thread's run-queue wait.
+WAIT_LOOK_AHEAD_S = 0.001
 # vLLM's aiohttp session allows a request 6 hours; a stalled server must not hang a run.
 REQUEST_TIMEOUT_S = 6 * 3600.0
 
@@ -429,14 +431,18 @@ async def _run(
         cpu0 = time.process_time()
         run_wait0 = wait_now() if wait_now else None
         tasks = []
-        # The run-queue wait when the scheduler last looked before a send was due: a late
-        # send's CPU wait is counted from there, so it covers the whole of its lag.
+        # The run-queue wait when the scheduler last looked, just before a send was due
+        # (WAIT_LOOK_AHEAD_S): a send's CPU wait is counted from there, so it covers its lag
+        # and little else. A look that is itself late only makes the count smaller.
         wait0 = run_wait0
         for i, req, offset in zip(indices, requests, offsets, strict=True):
-            if offset > 0 and _perf_counter() < start + offset:
+            due = start + offset
+            if offset > 0 and _perf_counter() < due:
                 if wait_now:
+                    if _perf_counter() < due - WAIT_LOOK_AHEAD_S:
+                        await sleep_until(due - WAIT_LOOK_AHEAD_S)
                     wait0 = wait_now()
-                await sleep_until(start + offset)
+                await sleep_until(due)
             tasks.append(create_task(limited(i, req, offset, start, wait0 if offset > 0 else None)))
         if timer is not None:
             timer.close()
