@@ -123,10 +123,12 @@ def vllm_run(engine_python: str, base_url: str, model_dir: str, key: str, a) -> 
         "--temperature", "0", "--disable-tqdm", "--ready-check-timeout-sec", "0"])
 
 
-def run_vllm_client(engine_python: str, key: str, flags: list[str]) -> dict:
-    """`vllm bench serve FLAGS` (vLLM's own code, in the engine's environment)."""
+def run_vllm_client(engine_python: str, key: str, flags: list[str],
+                    cpus: set[int] | None = None) -> dict:
+    """`vllm bench serve FLAGS` (vLLM's own code, in the engine's environment), on ``cpus``."""
     env = {**os.environ, "OPENAI_API_KEY": key, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([engine_python, "-c", VLLM_RUNNER, *flags], env=env,
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    out = subprocess.run([*pin, engine_python, "-c", VLLM_RUNNER, *flags], env=env,
                          capture_output=True, text=True, timeout=1800)
     for line in out.stdout.splitlines():
         if line.startswith("SERVENEST-PARITY "):
@@ -220,13 +222,30 @@ print(late[int(0.99 * (len(late) - 1))] if late else 0.0)
 class WakeupProbe:
     """Runs :data:`WAKEUP_PROBE` beside a benchmark run; ``stop()`` returns its p99 lateness."""
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", WAKEUP_PROBE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, cpus: set[int] | None = None):
+        pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+        self.proc = subprocess.Popen([*pin, sys.executable, "-c", WAKEUP_PROBE],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def stop(self) -> float:
         out, _ = self.proc.communicate(timeout=30)  # closes stdin: the probe ends
         return float(out.strip() or "nan")
+
+
+def pin_engine(topo, cpu: int) -> int:
+    """Every thread of every process of the engine's session onto ``cpu``; how many threads."""
+    from servenest import process
+
+    engine = topo.state.engine
+    pinned = 0
+    for pid in process.group_members(engine["pgid"], topo.spec.name, engine.get("start_ticks")):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), {cpu})
+                pinned += 1
+            except OSError:
+                pass  # a thread that ended meanwhile
+    return pinned
 
 
 def machine_load() -> str:
@@ -247,10 +266,10 @@ def lag_p99_ms(entered_s: list[float], offsets) -> float | None:
 
 
 def long_vllm_run(engine_python: str, base_url: str, model_dir: str, key: str, dataset: Path,
-                  rate: float, seed: int) -> dict:
+                  rate: float, seed: int, cpus: set[int] | None = None) -> dict:
     from servenest.bench.schedule import arrival_offsets
 
-    r = run_vllm_client(engine_python, key, [
+    r = run_vllm_client(engine_python, key, cpus=cpus, flags=[
         "--backend", "openai-chat", "--endpoint", "/v1/chat/completions", "--base-url", base_url,
         "--model", model_dir, "--served-model-name", "tiny", "--dataset-name", "sharegpt",
         "--dataset-path", str(dataset), "--num-prompts", str(LONG_PROMPTS), "--seed", str(seed),
@@ -262,7 +281,7 @@ def long_vllm_run(engine_python: str, base_url: str, model_dir: str, key: str, d
 
 
 def long_servenest_run(base_url: str, model_dir: str, key: str, dataset: Path, rate: float,
-                       seed: int) -> dict:
+                       seed: int, cpus: set[int] | None = None) -> dict:
     from servenest.bench.run import BenchSettings, run_benchmark
 
     settings = BenchSettings(
@@ -271,9 +290,15 @@ def long_servenest_run(base_url: str, model_dir: str, key: str, dataset: Path, r
         dataset_path=str(dataset), num_prompts=LONG_PROMPTS, seed=seed, ignore_eos=True,
         temperature=0.0, metric_percentiles=[50.0, 99.0], request_rate=rate, api_key=key,
     )
-    started = time.process_time()
-    outcome = run_benchmark(settings)
-    cpu = time.process_time() - started
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        started = time.process_time()
+        outcome = run_benchmark(settings)
+        cpu = time.process_time() - started
+    finally:
+        os.sched_setaffinity(0, before)
     r, extra = outcome.result, outcome.result["servenest"]
     return {"cpu_s": cpu, "send_lag_p99_ms": outcome.send_lag_p99_ms, "valid": outcome.valid,
             "cpu_wait_s": extra["client_cpu_wait_s"],
@@ -309,6 +334,11 @@ def long_case(a) -> int:
         port = sock.getsockname()[1]
     topo = start_engine(port, key, LONG_MAX_MODEL_LEN)
     rates = [float(x) for x in a.rates.split(",")]
+    clients = None
+    if a.pin:
+        # The issue's other control: the server on CPU 0, both clients on CPU 1.
+        print(f"pinned {pin_engine(topo, 0)} engine threads to CPU 0; clients run on CPU 1")
+        clients = {1}
     results: dict[float, list[tuple[str, dict]]] = {}
     try:
         base_url = topo.endpoint().base_url
@@ -321,10 +351,11 @@ def long_case(a) -> int:
             for i in range(a.rounds):
                 for who in ("vllm", "servenest"):
                     before = machine_load()
-                    probe = WakeupProbe()
-                    r = (long_vllm_run(engine_python, base_url, model_dir, key, dataset, rate, a.seed)
+                    probe = WakeupProbe(clients)  # on the clients' CPUs
+                    r = (long_vllm_run(engine_python, base_url, model_dir, key, dataset, rate,
+                                       a.seed, clients)
                          if who == "vllm" else
-                         long_servenest_run(base_url, model_dir, key, dataset, rate, a.seed))
+                         long_servenest_run(base_url, model_dir, key, dataset, rate, a.seed, clients))
                     r["load_before"], r["probe_lag_p99_ms"] = before, probe.stop()
                     runs.append((who, r))
                     print(f"{rate:g} req/s round {i + 1} {who:9} [{before}]\n    {_brief(r)}",
@@ -334,7 +365,8 @@ def long_case(a) -> int:
     ok = True
     for rate in rates:
         ok &= long_verdict(rate, results[rate], a.max_send_lag_ms)
-    print("PARITY " + ("MET" if ok else "NOT MET") + " (long-sharegpt at " + a.rates + " req/s)")
+    print("PARITY " + ("MET" if ok else "NOT MET") + " (long-sharegpt at " + a.rates + " req/s"
+          + (", server on CPU 0, clients on CPU 1)" if a.pin else ")"))
     return 0 if ok else 1
 
 
@@ -395,6 +427,8 @@ def main() -> int:
                    "long-sharegpt: long streamed chat completions at --rates (issue 15)")
     p.add_argument("--rates", default="2,5", help="long-sharegpt: request rates, comma-separated")
     p.add_argument("--max-send-lag-ms", type=float, default=10.0, help="long-sharegpt: parity limit")
+    p.add_argument("--pin", action="store_true",
+                   help="long-sharegpt: the server's threads on CPU 0, both clients on CPU 1")
     a = p.parse_args()
 
     from servenest.engines import environment
