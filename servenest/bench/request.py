@@ -92,8 +92,8 @@ def make_client(max_concurrency: int | None = None, base_url: str | None = None)
     Mirrors vLLM's session: ``TCPConnector(limit=max_concurrency or 0)``, six-hour timeout,
     proxy variables honoured; but idle connections are kept :data:`KEEPALIVE_S`, not 60 s.
     vLLM's ``trust_env=True`` makes aiohttp look the proxy and ``~/.netrc`` up in a worker
-    thread on every request (two thread hops per request); here the proxy for ``base_url`` is looked up once, and netrc is not consulted
-    (the key goes in the Authorization header). httpx's own ``trust_env`` is off so that it
+    thread on every request (two thread hops per request); here the proxy for ``base_url`` is
+    looked up once, and netrc is not consulted (the key goes in the Authorization header). httpx's own ``trust_env`` is off so that it
     never mounts a proxy transport around the aiohttp one. No cookie jar.
     """
     limit = max_concurrency or UNCAPPED_CONNECTIONS

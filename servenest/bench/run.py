@@ -27,6 +27,8 @@ COMPLETION_BACKENDS = {"openai", "vllm"}
 
 # A run whose client fell behind measured the client, not the server.
 MAX_CLIENT_CPU_SHARE = 0.90
+# Late sends that spent at least this share of their lag waiting for a CPU are the machine's.
+MACHINE_LAG_SHARE = 0.5
 
 
 @dataclass
@@ -174,11 +176,14 @@ def measure(
     reasons = []
     if lag_p99 * 1000 > settings.max_send_lag_ms:
         reason = f"send lag p99 {lag_p99 * 1000:.1f} ms > {settings.max_send_lag_ms:g} ms"
-        if late_share is not None:
+        if late_share is not None and late_share >= MACHINE_LAG_SHARE:
             reason += (f" (for {late_share:.0%} of the late sends' lag the client was runnable but "
-                       f"had no CPU: other processes held them"
+                       f"had no CPU: other processes held the machine's CPUs"
                        + (f", load average {load:.1f} on {os.cpu_count()} CPUs" if load is not None
                           else "") + ")")
+        elif late_share is not None:
+            reason += (f" (the client waited for a CPU for only {late_share:.0%} of the late "
+                       f"sends' lag: the client itself was busy)")
         reasons.append(reason)
     if run.duration_s and run.client_cpu_s / run.duration_s > MAX_CLIENT_CPU_SHARE:
         reasons.append(

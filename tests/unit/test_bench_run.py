@@ -80,7 +80,13 @@ def test_late_sends_say_how_much_of_their_lag_was_waiting_for_a_cpu():
         r.send_cpu_wait_s = 0.036  # 36 of the 40 ms: other processes held the CPUs
     out = measure(BenchSettings(**BASE), reqs, run)
     assert out.result["servenest"]["late_send_cpu_wait_share"] == pytest.approx(0.9)
-    assert "for 90% of the late sends' lag the client was runnable but had no CPU" in out.invalid_reasons[0]
+    assert ("for 90% of the late sends' lag the client was runnable but had no CPU: other "
+            "processes held the machine's CPUs") in out.invalid_reasons[0]
+    for r in run.results[95:]:
+        r.send_cpu_wait_s = 0.004  # 4 of the 40 ms: the client was busy itself
+    busy = measure(BenchSettings(**BASE), reqs, run)
+    assert "waited for a CPU for only 10% of the late sends' lag: the client itself was busy" \
+        in busy.invalid_reasons[0]
     # Unknown (no schedstat) or no late send: no share, and the reason says nothing of it.
     plain = measure(BenchSettings(**BASE), reqs, _run([0.2] * 95 + [40.0] * 5))
     assert plain.result["servenest"]["late_send_cpu_wait_share"] is None
