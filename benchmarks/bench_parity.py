@@ -313,7 +313,7 @@ def _brief(r: dict) -> str:
     return (f"completed {r['completed']} failed {r['failed']} in/out tokens "
             f"{r['total_input_tokens']}/{r['total_output_tokens']} | TTFT {r['median_ttft_ms']:.2f} "
             f"TPOT {r['median_tpot_ms']:.3f} ITL {r['median_itl_ms']:.3f} ms | "
-            f"{r['output_throughput']:.1f} tok/s | send lag p99 "
+            f"{r['output_throughput']:.1f} tok/s | client CPU {r['cpu_s']:.2f} s | send lag p99 "
             + (f"{r['send_lag_p99_ms']:.1f} ms" if r.get("send_lag_p99_ms") is not None else "n/a")
             + (f" | loop thread waited {wait:.1f} s of {r['duration']:.1f} s for a CPU"
                if wait is not None else "")
