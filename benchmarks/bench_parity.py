@@ -303,6 +303,7 @@ def long_servenest_run(base_url: str, model_dir: str, key: str, dataset: Path, r
     return {"cpu_s": cpu, "send_lag_p99_ms": outcome.send_lag_p99_ms, "valid": outcome.valid,
             "cpu_wait_s": extra["client_cpu_wait_s"],
             "late_send_cpu_wait_share": extra["late_send_cpu_wait_share"],
+            "late_send_client_busy_share": extra["late_send_client_busy_share"],
             "errors": [e for e in r["errors"] if e],
             **{k: r[k] for k in ("completed", "failed", "total_input_tokens", "total_output_tokens",
                                  *LONG_KEYS, "request_throughput", "duration")}}
@@ -397,15 +398,15 @@ def long_verdict(rate: float, runs: list[tuple[str, dict]], max_lag_ms: float) -
     print(f"{'machine wake-up lag':22} p99 of a process that only sleeps 5 ms at a time, during "
           f"each run: {[round(r['probe_lag_p99_ms'], 1) for _, r in runs]} (V S V S)")
     print(f"{'CPU wait of the loop':22} vllm {[_wait(r) for r in v]} servenest {[_wait(r) for r in s]}"
-          f" (s runnable without a CPU / run s); servenest late-send lag spent waiting for a CPU: "
-          f"{[_share(r) for r in s]}")
+          f" (s runnable without a CPU / run s); servenest's late sends' lag, waiting for a CPU / "
+          f"busy with its own work: {[_share(r) for r in s]}")
     print(f"{'machine before each':22} " + " | ".join(f"{who[0].upper()}: {r['load_before']}" for who, r in runs))
     return ok
 
 
 def _share(r: dict) -> str | None:
-    share = r.get("late_send_cpu_wait_share")
-    return None if share is None else f"{share:.0%}"
+    wait, busy = r.get("late_send_cpu_wait_share"), r.get("late_send_client_busy_share")
+    return None if wait is None else f"{wait:.0%}/{busy:.0%}"
 
 
 def _wait(r: dict) -> str | None:

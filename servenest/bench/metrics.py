@@ -242,6 +242,7 @@ def per_request_frame(run: LoadRun, output_lens: Sequence[int]) -> pd.DataFrame:
             "chunks": len(r.itl) + 1 if r.success else 0,
             "scheduled_s": r.scheduled_s, "sent_s": r.sent_s, "send_lag_ms": r.send_lag_s * 1000,
             "send_cpu_wait_ms": np.nan if r.send_cpu_wait_s is None else r.send_cpu_wait_s * 1000,
+            "send_busy_ms": np.nan if r.send_busy_s is None else r.send_busy_s * 1000,
             "error": r.error,
         })
     return pd.DataFrame(rows)

@@ -27,8 +27,6 @@ COMPLETION_BACKENDS = {"openai", "vllm"}
 
 # A run whose client fell behind measured the client, not the server.
 MAX_CLIENT_CPU_SHARE = 0.90
-# Late sends that spent at least this share of their lag waiting for a CPU are the machine's.
-MACHINE_LAG_SHARE = 0.5
 
 
 @dataclass
@@ -171,19 +169,17 @@ def measure(
     frame = metrics.per_request_frame(run, m.output_lens)
     lags = [r.send_lag_s for r in run.results]
     lag_p99 = float(np.percentile(lags, 99)) if lags else 0.0
-    late_share = late_send_cpu_wait_share(run, settings.max_send_lag_ms / 1000)
+    split = late_send_lag_split(run, settings.max_send_lag_ms / 1000)
     load = _load_average()
     reasons = []
     if lag_p99 * 1000 > settings.max_send_lag_ms:
         reason = f"send lag p99 {lag_p99 * 1000:.1f} ms > {settings.max_send_lag_ms:g} ms"
-        if late_share is not None and late_share >= MACHINE_LAG_SHARE:
-            reason += (f" (for {late_share:.0%} of the late sends' lag the client was runnable but "
-                       f"had no CPU: other processes held the machine's CPUs"
-                       + (f", load average {load:.1f} on {os.cpu_count()} CPUs" if load is not None
-                          else "") + ")")
-        elif late_share is not None:
-            reason += (f" (the client waited for a CPU for only {late_share:.0%} of the late "
-                       f"sends' lag: the client itself was busy)")
+        if split is not None:
+            reason += (f" (of the late sends' lag, {split[0]:.0%} the client was runnable but had "
+                       f"no CPU, held by other processes"
+                       + (f": load average {load:.1f} on {os.cpu_count()} CPUs" if load is not None
+                          else "")
+                       + f"; {split[1]:.0%} it was busy with its own work)")
         reasons.append(reason)
     if run.duration_s and run.client_cpu_s / run.duration_s > MAX_CLIENT_CPU_SHARE:
         reasons.append(
@@ -191,7 +187,9 @@ def measure(
         )
     result["servenest"] = {
         "send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
-        "client_cpu_wait_s": run.cpu_wait_s, "late_send_cpu_wait_share": late_share,
+        "client_cpu_wait_s": run.cpu_wait_s,
+        "late_send_cpu_wait_share": split[0] if split else None,
+        "late_send_client_busy_share": split[1] if split else None,
         "load_average_1m": load, "cpus": os.cpu_count(),
         "first_errors": metrics.first_errors(run.results),
         "valid": not reasons, "invalid_reasons": reasons,
@@ -208,16 +206,19 @@ def measure(
     )
 
 
-def late_send_cpu_wait_share(run: LoadRun, limit_s: float) -> float | None:
-    """Of the lag of sends later than ``limit_s``, the share the client's loop spent runnable
-    without a CPU (None when no send was late or the kernel did not say). Near 1: the
-    machine's CPUs were taken by other processes; near 0: the client itself was busy."""
-    late = [(r.send_lag_s, r.send_cpu_wait_s) for r in run.results
-            if r.send_lag_s > limit_s and r.send_cpu_wait_s is not None]
-    lag = sum(x for x, _ in late)
-    if not lag:
-        return None
-    return sum(min(w, x) for x, w in late) / lag
+def late_send_lag_split(run: LoadRun, limit_s: float) -> tuple[float, float] | None:
+    """Of the lag of sends later than ``limit_s``: the share the client's loop thread spent
+    runnable without a CPU (the machine's CPUs held by other processes), and the share it
+    spent on a CPU (the client's own work). None when no send was late or the kernel did not
+    say. Each send's two parts are capped at its lag."""
+    lag = wait = busy = 0.0
+    for r in run.results:
+        if r.send_lag_s > limit_s and r.send_cpu_wait_s is not None:
+            w = min(r.send_cpu_wait_s, r.send_lag_s)
+            lag += r.send_lag_s
+            wait += w
+            busy += min(r.send_busy_s or 0.0, r.send_lag_s - w)
+    return (wait / lag, busy / lag) if lag else None
 
 
 def _load_average() -> float | None:

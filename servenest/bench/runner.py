@@ -69,10 +69,10 @@ _perf_counter = time.perf_counter
 
 
 class _CpuWait:
-    """The calling thread's cumulative run-queue wait in seconds (field 2 of
-    ``/proc/thread-self/schedstat``: time runnable but not running). Open it in the thread
-    to be watched; :meth:`read` is one ``pread`` (a few microseconds). ``create`` returns None
-    where the kernel does not offer it."""
+    """The calling thread's cumulative time on a CPU and run-queue wait (time runnable but
+    not running), in seconds: fields 1 and 2 of ``/proc/thread-self/schedstat``. Open it in
+    the thread to be watched; :meth:`read` is one ``pread`` (a few microseconds). ``create``
+    returns None where the kernel does not offer it."""
 
     __slots__ = ("fd",)
 
@@ -93,8 +93,9 @@ class _CpuWait:
             return None
         return watch
 
-    def read(self) -> float:
-        return int(os.pread(self.fd, 128, 0).split()[1]) / 1e9
+    def read(self) -> tuple[float, float]:
+        fields = os.pread(self.fd, 128, 0).split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
 
     def close(self) -> None:
         os.close(self.fd)
@@ -405,15 +406,18 @@ async def _run(
             return result
 
         async def limited(i: int, req: SampleRequest, scheduled: float, start: float,
-                          wait0: float | None):
+                          wait0: tuple[float, float] | None):
             arrived = _perf_counter() - start
-            waited = wait_now() - wait0 if wait0 is not None else None
+            waited = None
+            if wait0 is not None:
+                ran, waited = (b - a for a, b in zip(wait0, wait_now(), strict=True))
             if sem is None:
                 result = await tracked(i, req, scheduled, start, arrived)
             else:
                 async with sem:
                     result = await tracked(i, req, scheduled, start, arrived)
-            result.send_cpu_wait_s = waited
+            if wait0 is not None:
+                result.send_cpu_wait_s, result.send_busy_s = waited, ran
             return result
 
         if indices is None:
@@ -431,17 +435,20 @@ async def _run(
         cpu0 = time.process_time()
         run_wait0 = wait_now() if wait_now else None
         tasks = []
-        # The run-queue wait when the scheduler last looked, just before a send was due
-        # (WAIT_LOOK_AHEAD_S): a send's CPU wait is counted from there, so it covers its lag
-        # and little else. A look that is itself late only makes the count smaller.
+        # A send's CPU wait (and the loop's own CPU time) is counted from the scheduler's last
+        # look at schedstat taken before the send was due: one as it goes to sleep, and a closer one
+        # WAIT_LOOK_AHEAD_S before the due time if it wakes for that in time (a wake-up that
+        # is itself late must not hide the wait that made it late).
         wait0 = run_wait0
         for i, req, offset in zip(indices, requests, offsets, strict=True):
             due = start + offset
             if offset > 0 and _perf_counter() < due:
                 if wait_now:
+                    wait0 = wait_now()
                     if _perf_counter() < due - WAIT_LOOK_AHEAD_S:
                         await sleep_until(due - WAIT_LOOK_AHEAD_S)
-                    wait0 = wait_now()
+                        if _perf_counter() < due:
+                            wait0 = wait_now()
                 await sleep_until(due)
             tasks.append(create_task(limited(i, req, offset, start, wait0 if offset > 0 else None)))
         if timer is not None:
@@ -450,7 +457,7 @@ async def _run(
         results = await asyncio.gather(*tasks)
         duration = _perf_counter() - start
         cpu = time.process_time() - cpu0
-        waited = wait_now() - run_wait0 if run_wait0 is not None else None
+        waited = wait_now()[1] - run_wait0[1] if run_wait0 is not None else None
         return LoadRun(results=list(results), duration_s=duration, client_cpu_s=cpu,
                        max_concurrent=peak, cpu_wait_s=waited)
     finally:

@@ -39,6 +39,9 @@ class RequestResult:
     # from the scheduler's last look before this send was due until its release: covers the
     # send lag. None where unknown or for sends due at once.
     send_cpu_wait_s: float | None = None
+    # Over the same span, how long the loop thread was on a CPU: the client's own work
+    # (other requests' chunks, its scheduling) that kept this send waiting.
+    send_busy_s: float | None = None
 
     @property
     def send_lag_s(self) -> float:

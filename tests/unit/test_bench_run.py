@@ -73,21 +73,31 @@ def test_saved_json_leaves_per_request_arrays_out_unless_detailed(tmp_path):
     assert len(detailed["ttfts"]) == 3 and len(detailed["generated_texts"]) == 3
 
 
-def test_late_sends_say_how_much_of_their_lag_was_waiting_for_a_cpu():
+def test_late_sends_say_how_much_of_their_lag_was_the_machine_and_how_much_the_client():
     reqs = [SampleRequest("p", 8, 4)] * 100
     run = _run([0.2] * 95 + [40.0] * 5)
     for r in run.results[95:]:
-        r.send_cpu_wait_s = 0.036  # 36 of the 40 ms: other processes held the CPUs
+        # 36 of the 40 ms runnable without a CPU, 3 ms on a CPU with the client's own work.
+        r.send_cpu_wait_s, r.send_busy_s = 0.036, 0.003
     out = measure(BenchSettings(**BASE), reqs, run)
-    assert out.result["servenest"]["late_send_cpu_wait_share"] == pytest.approx(0.9)
-    assert ("for 90% of the late sends' lag the client was runnable but had no CPU: other "
-            "processes held the machine's CPUs") in out.invalid_reasons[0]
+    extra = out.result["servenest"]
+    assert extra["late_send_cpu_wait_share"] == pytest.approx(0.9)
+    assert extra["late_send_client_busy_share"] == pytest.approx(0.075)
+    assert ("of the late sends' lag, 90% the client was runnable but had no CPU, held by other "
+            "processes") in out.invalid_reasons[0]
+    assert out.invalid_reasons[0].endswith("; 8% it was busy with its own work)")
     for r in run.results[95:]:
-        r.send_cpu_wait_s = 0.004  # 4 of the 40 ms: the client was busy itself
+        # The client blocked its own loop: on a CPU for 38 of the 40 ms, 2 ms without one.
+        r.send_cpu_wait_s, r.send_busy_s = 0.002, 0.038
     busy = measure(BenchSettings(**BASE), reqs, run)
-    assert "waited for a CPU for only 10% of the late sends' lag: the client itself was busy" \
-        in busy.invalid_reasons[0]
-    # Unknown (no schedstat) or no late send: no share, and the reason says nothing of it.
+    assert "of the late sends' lag, 5% the client was runnable" in busy.invalid_reasons[0]
+    assert busy.invalid_reasons[0].endswith("; 95% it was busy with its own work)")
+    # The two parts never add up to more than a send's lag.
+    for r in run.results[95:]:
+        r.send_cpu_wait_s, r.send_busy_s = 0.030, 0.030
+    capped = measure(BenchSettings(**BASE), reqs, run).result["servenest"]
+    assert capped["late_send_cpu_wait_share"] + capped["late_send_client_busy_share"] == pytest.approx(1.0)
+    # Unknown (no schedstat) or no late send: no split, and the reason says nothing of it.
     plain = measure(BenchSettings(**BASE), reqs, _run([0.2] * 95 + [40.0] * 5))
     assert plain.result["servenest"]["late_send_cpu_wait_share"] is None
     assert plain.invalid_reasons[0].endswith("> 10 ms")

@@ -201,3 +201,5 @@ def test_cpu_wait_is_recorded_for_the_run_and_for_each_timed_send(server):
     timed = [r.send_cpu_wait_s for r in run.results[2:]]
     assert due_at_once == [None, None]
     assert all(w is not None and 0 <= w <= run.duration_s for w in timed)
+    assert all(r.send_busy_s is not None and 0 <= r.send_busy_s <= run.duration_s
+               for r in run.results[2:])
