@@ -159,7 +159,6 @@ def servenest_run(base_url: str, model_dir: str, key: str, a) -> dict:
 LONG_CONVERSATIONS = 322
 LONG_PROMPTS = 100
 LONG_MAX_MODEL_LEN = 2048
-LONG_KEYS = ("median_ttft_ms", "median_tpot_ms", "median_itl_ms", "output_throughput")
 # The parity: vLLM's own run-to-run range widened by this much each way.
 WIDEN = 0.05
 
@@ -306,7 +305,7 @@ def long_servenest_run(base_url: str, model_dir: str, key: str, dataset: Path, r
             "late_send_client_busy_share": extra["late_send_client_busy_share"],
             "errors": [e for e in r["errors"] if e],
             **{k: r[k] for k in ("completed", "failed", "total_input_tokens", "total_output_tokens",
-                                 *LONG_KEYS, "request_throughput", "duration")}}
+                                 *KEYS, "request_throughput", "duration")}}
 
 
 def _brief(r: dict) -> str:
@@ -376,7 +375,7 @@ def long_verdict(rate: float, runs: list[tuple[str, dict]], max_lag_ms: float) -
     print(f"\n== long-sharegpt, {rate:g} req/s, {LONG_PROMPTS} prompts, chat, --ignore-eos, "
           f"runs V S V S ==")
     ok = counts_equal(v, s)
-    for key in LONG_KEYS:
+    for key in KEYS:
         vv = [r[key] for r in v]
         lo, hi = min(vv) * (1 - WIDEN), max(vv) * (1 + WIDEN)
         inside = all(lo <= r[key] <= hi for r in s)
