@@ -273,7 +273,9 @@ def long_vllm_run(engine_python: str, base_url: str, model_dir: str, key: str, d
         "--model", model_dir, "--served-model-name", "tiny", "--dataset-name", "sharegpt",
         "--dataset-path", str(dataset), "--num-prompts", str(LONG_PROMPTS), "--seed", str(seed),
         "--ignore-eos", "--temperature", "0", "--metric-percentiles", "50,99",
-        "--request-rate", str(rate), "--disable-tqdm", "--ready-check-timeout-sec", "0"])
+        "--request-rate", str(rate), "--disable-tqdm", "--ready-check-timeout-sec", "0",
+        # Only so that its result keeps the per-request errors (nothing is saved).
+        "--save-detailed"])
     # vLLM's schedule is ServeNest's (same seed, same numpy stream; tests/unit/test_bench_schedule).
     r["send_lag_p99_ms"] = lag_p99_ms(r.pop("entered_s"), arrival_offsets(LONG_PROMPTS, rate, 1.0, seed))
     return r
