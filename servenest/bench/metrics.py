@@ -166,11 +166,27 @@ def result_dict(
     return out
 
 
+# How many distinct failure reasons the summary and the result's servenest block name.
+FIRST_ERRORS = 5
+
+
+def first_errors(results: Sequence[RequestResult], limit: int = FIRST_ERRORS) -> list[dict]:
+    """The first ``limit`` distinct errors of failed requests, in order of first occurrence,
+    each with how many requests failed with it."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if not r.success:
+            reason = r.error or "failed without a reason"
+            counts[reason] = counts.get(reason, 0) + 1
+    return [{"error": e, "count": n} for e, n in list(counts.items())[:limit]]
+
+
 def summary_text(
     m: BenchmarkMetrics, run: LoadRun, percentile_metrics: Sequence[str], *,
     request_rate: float, max_concurrency: int | None, goodput: bool,
 ) -> str:
-    """The console summary, in ``vllm bench serve``'s layout."""
+    """The console summary, in ``vllm bench serve``'s layout; then, when requests failed,
+    their count and the first distinct errors (vLLM prints the first ten raw errors)."""
     lines = ["{s:{c}^{n}}".format(s=" Serving Benchmark Result ", n=50, c="=")]
 
     def row(label: str, value, fmt: str = "{:<10}") -> None:
@@ -204,6 +220,13 @@ def summary_text(
         for p, value in s["percentiles"]:
             row(f"P{percentile_key(p)} {short} (ms):", value, f2)
     lines.append("=" * 50)
+    if m.failed:
+        errors = first_errors(run.results)
+        distinct = len({r.error for r in run.results if not r.success})
+        lines.append(f"{m.failed} of {len(run.results)} requests failed; "
+                     + (f"the first {len(errors)} of {distinct} distinct errors:"
+                        if distinct > len(errors) else "errors:"))
+        lines += [f"  {e['count']:>5} x {e['error']}" for e in errors]
     return "\n".join(lines)
 
 
@@ -218,6 +241,8 @@ def per_request_frame(run: LoadRun, output_lens: Sequence[int]) -> pd.DataFrame:
             "tpot_ms": tpot * 1000, "e2el_ms": r.latency * 1000 if r.success else np.nan,
             "chunks": len(r.itl) + 1 if r.success else 0,
             "scheduled_s": r.scheduled_s, "sent_s": r.sent_s, "send_lag_ms": r.send_lag_s * 1000,
+            "send_cpu_wait_ms": np.nan if r.send_cpu_wait_s is None else r.send_cpu_wait_s * 1000,
+            "send_busy_ms": np.nan if r.send_busy_s is None else r.send_busy_s * 1000,
             "error": r.error,
         })
     return pd.DataFrame(rows)

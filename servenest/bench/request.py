@@ -54,6 +54,12 @@ REQUEST_TIMEOUT_S = 6 * 60 * 60.0
 READ_BUFSIZE = 4 * 1024 * 1024
 # "No limit" for the connection pool when no concurrency cap is given (vLLM passes limit=0).
 UNCAPPED_CONNECTIONS = 0
+# An idle pooled connection is dropped after this long, below the servers' own keep-alive
+# (vLLM's and SGLang's uvicorn close idle connections after 5 s: VLLM_HTTP_TIMEOUT_KEEP_ALIVE).
+# vLLM's client keeps them 60 s, so a request can go out on a connection the server is
+# closing and fail with "Server disconnected"; on a busy machine, where the client learns
+# of the close late, that happened to a few requests in a hundred at 5 req/s.
+KEEPALIVE_S = 3.0
 ERROR_MAX_CHARS = 300
 
 _perf_counter = time.perf_counter
@@ -83,11 +89,11 @@ def make_client(max_concurrency: int | None = None, base_url: str | None = None)
     """The one shared client of a run. Call it inside the running event loop; close it with
     ``await client.aclose()`` (which closes the aiohttp session too).
 
-    Mirrors vLLM's session: ``TCPConnector(limit=max_concurrency or 0, keepalive_timeout=60)``,
-    six-hour timeout, proxy variables honoured. vLLM's ``trust_env=True`` makes aiohttp look
-    the proxy and ``~/.netrc`` up in a worker thread on every request (two thread hops per
-    request); here the proxy for ``base_url`` is looked up once, and netrc is not consulted
-    (the key goes in the Authorization header). httpx's own ``trust_env`` is off so that it
+    Mirrors vLLM's session: ``TCPConnector(limit=max_concurrency or 0)``, six-hour timeout,
+    proxy variables honoured; but idle connections are kept :data:`KEEPALIVE_S`, not 60 s.
+    vLLM's ``trust_env=True`` makes aiohttp look the proxy and ``~/.netrc`` up in a worker
+    thread on every request (two thread hops per request); here the proxy for ``base_url`` is
+    looked up once, and netrc is not consulted (the key goes in the Authorization header). httpx's own ``trust_env`` is off so that it
     never mounts a proxy transport around the aiohttp one. No cookie jar.
     """
     limit = max_concurrency or UNCAPPED_CONNECTIONS
@@ -95,7 +101,7 @@ def make_client(max_concurrency: int | None = None, base_url: str | None = None)
         limit=limit,
         limit_per_host=limit,
         ttl_dns_cache=300,
-        keepalive_timeout=60,
+        keepalive_timeout=KEEPALIVE_S,
         enable_cleanup_closed=True,
         force_close=False,
     )
@@ -110,7 +116,7 @@ def make_client(max_concurrency: int | None = None, base_url: str | None = None)
     proxy = env_proxy_for(base_url) if base_url else None
     transport = AiohttpTransport(
         client=session,
-        limits=httpx.Limits(max_connections=limit or None, keepalive_expiry=60),
+        limits=httpx.Limits(max_connections=limit or None, keepalive_expiry=KEEPALIVE_S),
         proxy=httpx.Proxy(proxy) if proxy else None,
     )
     return httpx.AsyncClient(

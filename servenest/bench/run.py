@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -168,15 +169,31 @@ def measure(
     frame = metrics.per_request_frame(run, m.output_lens)
     lags = [r.send_lag_s for r in run.results]
     lag_p99 = float(np.percentile(lags, 99)) if lags else 0.0
+    split = late_send_lag_split(run, settings.max_send_lag_ms / 1000)
+    load = _load_average()
     reasons = []
     if lag_p99 * 1000 > settings.max_send_lag_ms:
-        reasons.append(f"send lag p99 {lag_p99 * 1000:.1f} ms > {settings.max_send_lag_ms:g} ms")
+        reason = f"send lag p99 {lag_p99 * 1000:.1f} ms > {settings.max_send_lag_ms:g} ms"
+        if split is not None:
+            reason += (f" (of the late sends' lag, {split[0]:.0%} the client was runnable but had "
+                       f"no CPU, held by other processes"
+                       + (f": load average {load:.1f} on {os.cpu_count()} CPUs" if load is not None
+                          else "")
+                       + f"; {split[1]:.0%} it was busy with its own work)")
+        reasons.append(reason)
     if run.duration_s and run.client_cpu_s / run.duration_s > MAX_CLIENT_CPU_SHARE:
         reasons.append(
             f"client used {run.client_cpu_s / run.duration_s:.0%} of a core: it was the bottleneck"
         )
-    result["servenest"] = {"send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
-                           "valid": not reasons, "invalid_reasons": reasons}
+    result["servenest"] = {
+        "send_lag_p99_ms": lag_p99 * 1000, "client_cpu_s": run.client_cpu_s,
+        "client_cpu_wait_s": run.cpu_wait_s,
+        "late_send_cpu_wait_share": split[0] if split else None,
+        "late_send_client_busy_share": split[1] if split else None,
+        "load_average_1m": load, "cpus": os.cpu_count(),
+        "first_errors": metrics.first_errors(run.results),
+        "valid": not reasons, "invalid_reasons": reasons,
+    }
     summary = metrics.summary_text(
         m, run, settings.percentile_metrics, request_rate=settings.request_rate,
         max_concurrency=settings.max_concurrency, goodput=bool(settings.goodput),
@@ -187,6 +204,28 @@ def measure(
         client_cpu_per_request_ms=run.client_cpu_s / max(len(run.results), 1) * 1000,
         send_lag_p99_ms=lag_p99 * 1000,
     )
+
+
+def late_send_lag_split(run: LoadRun, limit_s: float) -> tuple[float, float] | None:
+    """Of the lag of sends later than ``limit_s``: the share the client's loop thread spent
+    runnable without a CPU (the machine's CPUs held by other processes), and the share it
+    spent on a CPU (the client's own work). None when no send was late or the kernel did not
+    say. Each send's two parts are capped at its lag."""
+    lag = wait = busy = 0.0
+    for r in run.results:
+        if r.send_lag_s > limit_s and r.send_cpu_wait_s is not None:
+            w = min(r.send_cpu_wait_s, r.send_lag_s)
+            lag += r.send_lag_s
+            wait += w
+            busy += min(r.send_busy_s or 0.0, r.send_lag_s - w)
+    return (wait / lag, busy / lag) if lag else None
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def run_header(s: BenchSettings) -> dict:
@@ -205,8 +244,10 @@ def result_filename(s: BenchSettings, date: str) -> str:
     return f"{s.label or s.backend}-{s.request_rate}qps{conc}-{s.model.split('/')[-1]}-{date}.json"
 
 
-# What `vllm bench serve --save-result` leaves out unless --save-detailed.
-DETAILED_FIELDS = ("input_lens", "output_lens", "start_times", "ttfts", "itls", "generated_texts", "errors")
+# What `vllm bench serve --save-result` leaves out unless --save-detailed, except `errors`:
+# one short string per request ("" for a success), kept so a saved run always says why its
+# requests failed (vLLM drops it, and its failed runs then say nothing).
+DETAILED_FIELDS = ("input_lens", "output_lens", "start_times", "ttfts", "itls", "generated_texts")
 
 
 def save_result(outcome: BenchmarkOutcome, result_dir: str | None, filename: str | None) -> Path:

@@ -10,7 +10,11 @@
   ``asyncio.Semaphore(max_concurrency)`` when there is a cap. ``duration_s`` runs from ``start``
   to after ``gather`` of all requests.
 - Client validity data: per request ``scheduled_s`` and ``sent_s`` (send lag), the process CPU
-  time over the run, and the peak number of requests in flight.
+  time over the run, and the peak number of requests in flight. Where Linux tells
+  (``/proc/thread-self/schedstat``), also how long the event loop's thread was runnable but
+  had no CPU, over the run and within each send's wait: on a machine whose CPUs are busy with
+  other processes (a co-located engine, other jobs) a late send is then shown to be the
+  machine's lag, not the client's own work.
 
 Everything runs on a uvloop event loop of its own, so :func:`run_load` works from a plain
 thread; called from inside a running loop it runs in a helper thread.
@@ -56,10 +60,45 @@ SHARD_START_MARGIN_S = 0.25
 SPIN_WINDOW_S = 0.0003
 # Wake the scheduler with a timerfd (Linux) rather than uvloop's millisecond timers.
 PRECISE_TIMER = True
+# How long before a timed send the scheduler reads its thread's run-queue wait.
+WAIT_LOOK_AHEAD_S = 0.001
 # vLLM's aiohttp session allows a request 6 hours; a stalled server must not hang a run.
 REQUEST_TIMEOUT_S = 6 * 3600.0
 
 _perf_counter = time.perf_counter
+
+
+class _CpuWait:
+    """The calling thread's cumulative time on a CPU and run-queue wait (time runnable but
+    not running), in seconds: fields 1 and 2 of ``/proc/thread-self/schedstat``. Open it in
+    the thread to be watched; :meth:`read` is one ``pread`` (a few microseconds). ``create``
+    returns None where the kernel does not offer it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    @classmethod
+    def create(cls) -> _CpuWait | None:
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        watch = cls(fd)
+        try:
+            watch.read()
+        except (OSError, ValueError, IndexError):
+            watch.close()
+            return None
+        return watch
+
+    def read(self) -> tuple[float, float]:
+        fields = os.pread(self.fd, 128, 0).split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -340,6 +379,8 @@ async def _run(
     client = make_client(max_concurrency, api_url)
     frozen = False
     timer = None
+    cpu_wait = _CpuWait.create()
+    wait_now = cpu_wait.read if cpu_wait is not None else None
     try:
         await _warm_up(ep, client, requests[0], num_warmups, max_concurrency)
         send = ep.send
@@ -364,12 +405,20 @@ async def _run(
             result.arrived_s = arrived
             return result
 
-        async def limited(i: int, req: SampleRequest, scheduled: float, start: float):
+        async def limited(i: int, req: SampleRequest, scheduled: float, start: float,
+                          wait0: tuple[float, float] | None):
             arrived = _perf_counter() - start
+            waited = None
+            if wait0 is not None:
+                ran, waited = (b - a for a, b in zip(wait0, wait_now(), strict=True))
             if sem is None:
-                return await tracked(i, req, scheduled, start, arrived)
-            async with sem:
-                return await tracked(i, req, scheduled, start, arrived)
+                result = await tracked(i, req, scheduled, start, arrived)
+            else:
+                async with sem:
+                    result = await tracked(i, req, scheduled, start, arrived)
+            if wait0 is not None:
+                result.send_cpu_wait_s, result.send_busy_s = waited, ran
+            return result
 
         if indices is None:
             indices = list(range(len(requests)))
@@ -384,22 +433,38 @@ async def _run(
         else:
             start = _perf_counter()
         cpu0 = time.process_time()
+        run_wait0 = wait_now() if wait_now else None
         tasks = []
+        # A send's CPU wait (and the loop's own CPU time) is counted from the scheduler's last
+        # look at schedstat taken before the send was due: one as it goes to sleep, and a closer one
+        # WAIT_LOOK_AHEAD_S before the due time if it wakes for that in time (a wake-up that
+        # is itself late must not hide the wait that made it late).
+        wait0 = run_wait0
         for i, req, offset in zip(indices, requests, offsets, strict=True):
-            if offset > 0 and _perf_counter() < start + offset:
-                await sleep_until(start + offset)
-            tasks.append(create_task(limited(i, req, offset, start)))
+            due = start + offset
+            if offset > 0 and _perf_counter() < due:
+                if wait_now:
+                    wait0 = wait_now()
+                    if _perf_counter() < due - WAIT_LOOK_AHEAD_S:
+                        await sleep_until(due - WAIT_LOOK_AHEAD_S)
+                        if _perf_counter() < due:
+                            wait0 = wait_now()
+                await sleep_until(due)
+            tasks.append(create_task(limited(i, req, offset, start, wait0 if offset > 0 else None)))
         if timer is not None:
             timer.close()
             timer = None
         results = await asyncio.gather(*tasks)
         duration = _perf_counter() - start
         cpu = time.process_time() - cpu0
+        waited = wait_now()[1] - run_wait0[1] if run_wait0 is not None else None
         return LoadRun(results=list(results), duration_s=duration, client_cpu_s=cpu,
-                       max_concurrent=peak)
+                       max_concurrent=peak, cpu_wait_s=waited)
     finally:
         if timer is not None:
             timer.close()
+        if cpu_wait is not None:
+            cpu_wait.close()
         await client.aclose()
         if frozen:
             gc.unfreeze()
@@ -479,4 +544,6 @@ def _run_sharded(args, requests, offsets, max_concurrency, num_warmups, workers)
         client_cpu_s=sum(run.client_cpu_s for run in runs),
         # Peaks of different workers need not coincide: the sum is an upper bound.
         max_concurrent=sum(run.max_concurrent for run in runs),
+        cpu_wait_s=(None if any(run.cpu_wait_s is None for run in runs)
+                    else sum(run.cpu_wait_s for run in runs)),
     )

@@ -23,15 +23,25 @@ class RequestResult:
     success: bool = False
     output_tokens: int = 0  # usage.completion_tokens
     ttft: float = 0.0  # first chunk with non-empty choices, minus send time
-    itl: list[float] = field(default_factory=list)  # gaps between later choices chunks
+    # Left out of repr: asyncio reprs a finished main task's result when its Runner exits
+    # (signal.getsignal on its SIGINT handler), and a full repr of every request's ITL list
+    # and text cost a second of CPU at the end of a long run.
+    itl: list[float] = field(default_factory=list, repr=False)  # gaps between later choices chunks
     latency: float = 0.0  # last choices chunk minus send time
     scheduled_s: float = 0.0  # when it should have been sent, from the benchmark start
     sent_s: float = 0.0  # when it was sent, from the benchmark start
     error: str = ""
-    generated_text: str = ""
+    generated_text: str = field(default="", repr=False)
     # When the scheduler released it; before sent_s only while it waited for a
     # --max-concurrency slot (that wait is queueing, not the client falling behind).
     arrived_s: float | None = None
+    # How long the client's loop thread was runnable but without a CPU (Linux schedstat)
+    # from the scheduler's last look before this send was due until its release: covers the
+    # send lag. None where unknown or for sends due at once.
+    send_cpu_wait_s: float | None = None
+    # Over the same span, how long the loop thread was on a CPU: the client's own work
+    # (other requests' chunks, its scheduling) that kept this send waiting.
+    send_busy_s: float | None = None
 
     @property
     def send_lag_s(self) -> float:
@@ -44,7 +54,11 @@ class RequestResult:
 
 @dataclass(slots=True)
 class LoadRun:
-    results: list[RequestResult]
+    results: list[RequestResult] = field(repr=False)
     duration_s: float  # vLLM's ``benchmark_duration``: first scheduled send to last completion
     client_cpu_s: float  # process CPU time (user + system) spent during the run
     max_concurrent: int = 0
+    # Time the client's event loop thread was runnable but had no CPU (Linux schedstat),
+    # None where the kernel does not say: a late send with a large wait here is the
+    # machine's lag (other processes held the CPUs), not the client's own work.
+    cpu_wait_s: float | None = None

@@ -7,6 +7,7 @@ import pytest
 
 from servenest.bench.metrics import (
     calculate_metrics,
+    first_errors,
     per_request_frame,
     percentile_key,
     result_dict,
@@ -91,7 +92,35 @@ def test_summary_has_vllms_layout():
     assert "{:<40} {:<10.2f}".format("Request rate configured (RPS):", 20.0) in lines
     assert "{:<40} {:<10.2f}".format("Mean TTFT (ms):", 150.0) in lines
     assert any(line.startswith("P99 ITL (ms):") for line in lines)
-    assert "E2EL" not in text and lines[-1] == "=" * 50
+    assert "E2EL" not in text and lines[-3] == "=" * 50
+    # After vLLM's block: the failures and why (run() has one failed request).
+    assert lines[-2:] == ["1 of 3 requests failed; errors:", "      1 x HTTP 500: boom"]
+
+
+def test_summary_names_the_first_distinct_errors_with_counts():
+    errors = ["HTTP 500: boom", "ServerDisconnectedError: Server disconnected", "HTTP 500: boom",
+              "timeout", "HTTP 400: bad", "e5", "e6", "HTTP 500: boom"]
+    results = [RequestResult(i, 10, False, error=e) for i, e in enumerate(errors)]
+    results.append(RequestResult(8, 10, True, 4, ttft=0.1, itl=[0.01] * 3, latency=0.13))
+    r = LoadRun(results, duration_s=1.0, client_cpu_s=0.0)
+    m = calculate_metrics([SampleRequest("p", 10, 4)] * 9, r)
+    assert first_errors(r.results) == [
+        {"error": "HTTP 500: boom", "count": 3},
+        {"error": "ServerDisconnectedError: Server disconnected", "count": 1},
+        {"error": "timeout", "count": 1}, {"error": "HTTP 400: bad", "count": 1},
+        {"error": "e5", "count": 1}]
+    lines = summary_text(m, r, ["ttft"], request_rate=1.0, max_concurrency=None,
+                         goodput=False).splitlines()
+    tail = lines[lines.index("=" * 50) + 1:]
+    assert tail[0] == "8 of 9 requests failed; the first 5 of 6 distinct errors:"
+    assert tail[1:3] == ["      3 x HTTP 500: boom",
+                         "      1 x ServerDisconnectedError: Server disconnected"]
+    assert len(tail) == 6
+    # A clean run's summary ends with vLLM's block.
+    clean = LoadRun(results[-1:], duration_s=1.0, client_cpu_s=0.0)
+    text = summary_text(calculate_metrics([SampleRequest("p", 10, 4)], clean), clean, ["ttft"],
+                        request_rate=1.0, max_concurrency=None, goodput=False)
+    assert text.splitlines()[-1] == "=" * 50 and "failed;" not in text
 
 
 def test_per_request_frame_records_send_lag():

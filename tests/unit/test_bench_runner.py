@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,18 @@ def test_waiting_for_a_concurrency_slot_is_queueing_not_send_lag(slow):
     assert all(r.success for r in run.results)
     assert max(r.send_lag_s for r in run.results) < 0.05
     assert max(r.queue_s for r in run.results) > 0.1
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="Linux schedstat")
+def test_cpu_wait_is_recorded_for_the_run_and_for_each_timed_send(server):
+    # The evidence that tells a busy machine from a slow client: how long the loop thread was
+    # runnable without a CPU, over the run and within each send's wait.
+    offsets = np.concatenate([np.zeros(2), 0.01 + np.arange(8) * 0.005])
+    run = load(server, 10, offsets=offsets)
+    assert run.cpu_wait_s is not None and 0 <= run.cpu_wait_s <= run.duration_s
+    due_at_once = [r.send_cpu_wait_s for r in run.results[:2]]
+    timed = [r.send_cpu_wait_s for r in run.results[2:]]
+    assert due_at_once == [None, None]
+    assert all(w is not None and 0 <= w <= run.duration_s for w in timed)
+    assert all(r.send_busy_s is not None and 0 <= r.send_busy_s <= run.duration_s
+               for r in run.results[2:])

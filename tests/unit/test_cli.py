@@ -146,3 +146,64 @@ def test_plan_of_an_ecs_spec_holds_the_ros_template_and_host_scripts(tmp_path, c
     launch = plan["scripts"]["single"]["launch"]
     assert "--tensor-parallel-size 8" in launch and "docker rm -f vllm" in launch
     assert plan["fit"][0]["tensor_parallel_size"] == 8
+
+
+# -- servenest bench: the figures always come out; --strict makes an invalid run fail --------
+
+
+@pytest.fixture
+def failing_endpoint():
+    from servenest.rehearsal.openai_noop import NoopServerProcess
+
+    # Every third generation request gets an HTTP 500 (the pre-run probe is the first).
+    with NoopServerProcess("--model", "tiny", "--fail-every", "3") as server:
+        yield server
+
+
+def _bench(server, tmp_path, *extra: str) -> list[str]:
+    from .test_bench_tokenizer import make_tokenizer_dir
+
+    tok = make_tokenizer_dir(tmp_path / "tok")
+    return ["bench", "--base-url", server.url, "--model", "m/tiny", "--served-model-name", "tiny",
+            "--tokenizer", str(tok), "--num-prompts", "9", "--random-input-len", "8",
+            "--random-output-len", "4", "--save-result", "--result-dir", str(tmp_path),
+            "--result-filename", "r.json", *extra]
+
+
+def test_bench_prints_and_saves_an_invalid_run_with_its_failures_and_exits_0(
+        failing_endpoint, tmp_path, capsys):
+    # A send-lag limit of 0 ms makes any run invalid.
+    assert main(_bench(failing_endpoint, tmp_path, "--max-send-lag-ms", "0")) == 0
+    out = capsys.readouterr()
+    assert "Serving Benchmark Result" in out.out and "INVALID: send lag p99" in out.out
+    assert "3 of 9 requests failed; errors:" in out.out
+    assert "      3 x HTTP 500 Internal Server Error" in out.out
+    assert "WARNING: this run is INVALID" in out.err and "--strict" in out.err
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["completed"] == 6 and saved["failed"] == 3
+    assert saved["servenest"]["valid"] is False
+    assert sum(1 for e in saved["errors"] if e.startswith("HTTP 500")) == 3
+
+
+def test_bench_strict_fails_an_invalid_run_after_saving_it(failing_endpoint, tmp_path, capsys):
+    assert main(_bench(failing_endpoint, tmp_path, "--max-send-lag-ms", "0", "--strict")) == 3
+    out = capsys.readouterr()
+    assert "Exit status 3 (--strict)" in out.err and "Serving Benchmark Result" in out.out
+    assert json.loads((tmp_path / "r.json").read_text())["servenest"]["valid"] is False
+
+
+def test_bench_strict_passes_a_valid_run_even_with_failed_requests(failing_endpoint, tmp_path, capsys):
+    # Failed requests are the server's result, not an invalid measurement. Spread over ~0.3 s
+    # (a burst of nine is all client CPU, which alone would make the run invalid).
+    assert main(_bench(failing_endpoint, tmp_path, "--max-send-lag-ms", "10000", "--strict",
+                       "--request-rate", "30")) == 0
+    out = capsys.readouterr()
+    assert "valid" in out.out and "WARNING" not in out.err
+    assert json.loads((tmp_path / "r.json").read_text())["servenest"]["valid"] is True
+
+
+def test_bench_help_documents_strict_and_the_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--strict" in text and "servenest.valid false" in text and "3 for an invalid run" in text
