@@ -22,6 +22,8 @@ from servenest.errors import ServeNestError
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_PORT = int(os.environ.get("SERVENEST_PREFECT_PORT", "4200"))
+# The server started here, for `servenest stop` (servenest.register.stop_started_processes).
+SERVER_PID_FILE = "prefect-server.pid"
 
 
 def _healthy(api_url: str) -> bool:
@@ -49,11 +51,12 @@ def start_local_server(timeout_s: float = 120.0) -> tuple[str, float]:
     env.pop("PREFECT_API_URL", None)
     started = time.monotonic()
     with open(log, "ab") as fh:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             [prefect_bin, "server", "start", "--host", LOCAL_HOST, "--port", str(LOCAL_PORT)],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
+    (paths.home() / SERVER_PID_FILE).write_text(f"{proc.pid}\n")
     while time.monotonic() - started < timeout_s:
         if _healthy(url):
             return url, time.monotonic() - started
