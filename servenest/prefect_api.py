@@ -47,7 +47,8 @@ def start_local_server(timeout_s: float = 120.0) -> tuple[str, float]:
     prefect_bin = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
     log = paths.home() / "prefect-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # The UI asks PREFECT_UI_API_URL for its data (default: port 4200, whatever ours is).
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": url}
     env.pop("PREFECT_API_URL", None)
     started = time.monotonic()
     with open(log, "ab") as fh:
