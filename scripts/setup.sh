@@ -23,6 +23,8 @@ apt_need() {
 apt_need "/usr/lib/postgresql/*/bin/postgres" postgresql "the PostgreSQL tests"
 # The UI test drives a real headless Chromium (Debian's build; Playwright downloads none).
 apt_need "/usr/lib/chromium/chromium" chromium "the Prefect UI test"
+# and a font with the Chinese of the connection card's example prompt (else boxes).
+apt_need "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc" fonts-wqy-microhei "the Chinese in UI screenshots"
 stamp=.venv/.servenest-lock
 want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
