@@ -85,15 +85,20 @@ def test_client_env_points_children_at_the_api_with_its_auth(monkeypatch):
         assert "PREFECT_API_AUTH_STRING" not in register.client_env("http://x/api")
 
 
+def wait_until_execd(pid_file, marker: str) -> None:
+    """Until the child has exec'd its command (right after fork it is still this process)."""
+    deadline = time.monotonic() + 10
+    while register.running_pid(pid_file, marker) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_running_pid_trusts_a_pid_file_only_for_a_live_process_with_the_marker(tmp_path):
     pid_file = tmp_path / "p.pid"
     assert register.running_pid(pid_file, "sleep") is None  # no file
     proc = subprocess.Popen(["sleep", "30"])
     try:
         pid_file.write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + 10  # until the child has exec'd sleep
-        while register.running_pid(pid_file, "sleep") is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until_execd(pid_file, "sleep")
         assert register.running_pid(pid_file, "sleep") == proc.pid
         assert register.running_pid(pid_file, "worker") is None  # a recycled pid: someone else's
     finally:
@@ -115,6 +120,8 @@ def test_stop_ends_the_recorded_process_groups_and_forgets_them(tmp_path):
         (paths.home()).mkdir(parents=True, exist_ok=True)
         (paths.home() / register.WORKER_PID_FILE).write_text(str(procs["worker"].pid))
         (paths.home() / SERVER_PID_FILE).write_text(str(procs["server"].pid))
+        for name, pid_file in (("worker", register.WORKER_PID_FILE), ("server", SERVER_PID_FILE)):
+            wait_until_execd(paths.home() / pid_file, name)
         stopped = register.stop_started_processes()
         assert stopped == [f"worker (pid {procs['worker'].pid})", f"Prefect server (pid {procs['server'].pid})"]
         for p in procs.values():
@@ -125,3 +132,19 @@ def test_stop_ends_the_recorded_process_groups_and_forgets_them(tmp_path):
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_the_summary_counts_schedules_and_says_how_to_turn_cloud_ones_on(tmp_path):
+    local, cloud, sweep = (_schedule("redeploy/local-tiny", True, None), _schedule("redeploy/qwen3-8b", True, "default"),
+                           _schedule("sweep/cn-hangzhou", False, "default"))
+    result = register.Registration(api_url="http://127.0.0.1:4200/api", blocks=["a", "b"], deployments=116,
+                                   schedules=[local, cloud, sweep], paused=[cloud], automations=["z"],
+                                   keys_created=["local-tiny-api-key"],
+                                   worker=register.WorkerProcess(42, tmp_path / "w.log", started=True))
+    text = "\n".join(result.lines())
+    assert "deployments: 116 (every one in prefect.yaml); schedules: 1 on, 1 paused for want of " \
+           "credentials, 1 off as prefect.yaml says" in text
+    assert "until an AlibabaCloudCredentials block exists (default)" in text
+    assert "Secret block 'local-tiny-api-key'" in text and "started, pid 42" in text
+    result.paused = []
+    assert "AlibabaCloudCredentials" not in "\n".join(result.lines())
