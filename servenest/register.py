@@ -106,9 +106,9 @@ def client_env(api_url: str) -> dict[str, str]:
     from prefect.settings import PREFECT_API_AUTH_STRING
 
     env = {**os.environ, "PREFECT_API_URL": api_url}
-    auth = PREFECT_API_AUTH_STRING.value()
+    auth = PREFECT_API_AUTH_STRING.value()  # a SecretStr: passed on, never printed
     if auth:
-        env["PREFECT_API_AUTH_STRING"] = auth.get_secret_value() if hasattr(auth, "get_secret_value") else str(auth)
+        env["PREFECT_API_AUTH_STRING"] = auth.get_secret_value()
     return env
 
 
