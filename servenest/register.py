@@ -31,6 +31,7 @@ from pathlib import Path
 from uuid import UUID
 
 import yaml
+from pydantic import SecretStr
 
 from servenest import paths
 from servenest.errors import ServeNestError
@@ -106,9 +107,9 @@ def client_env(api_url: str) -> dict[str, str]:
     from prefect.settings import PREFECT_API_AUTH_STRING
 
     env = {**os.environ, "PREFECT_API_URL": api_url}
-    auth = PREFECT_API_AUTH_STRING.value()  # a SecretStr: passed on, never printed
-    if auth:
-        env["PREFECT_API_AUTH_STRING"] = auth.get_secret_value()
+    auth = PREFECT_API_AUTH_STRING.value()  # passed on, never printed
+    if auth:  # Setting.value() unwraps the SecretStr of the settings model
+        env["PREFECT_API_AUTH_STRING"] = auth.get_secret_value() if isinstance(auth, SecretStr) else auth
     return env
 
 
