@@ -62,6 +62,15 @@ def credentials_needed(parameters: dict, parameter_schema: dict | None = None) -
     return prop.get("default")
 
 
+def credentials_of(deployments: list[tuple[str, dict, dict | None]]) -> list[str | None]:
+    """``credentials_needed`` of each (name, parameters, parameter schema); a deployment that
+    carries only the spec's name (``watch/<name>``, ``launch/<name>``, ...) needs what the
+    spec of that name needs (``provision/<name>`` and ``redeploy/<name>`` carry it)."""
+    by_name = {name: credentials_needed(params) for name, params, _ in deployments
+               if isinstance(params.get("spec"), dict)}
+    return [credentials_needed(params, schema) or by_name.get(name) for name, params, schema in deployments]
+
+
 @dataclass(frozen=True)
 class Schedule:
     deployment: str  # "<flow>/<deployment>"
@@ -189,8 +198,9 @@ def servenest_deployments() -> tuple[int, list[Schedule]]:
         deployments: list = []
         while page := client.read_deployments(work_pool_filter=pool, limit=200, offset=len(deployments)):
             deployments += page  # the server returns at most 200 at a time
-        for d in deployments:
-            needed = credentials_needed(d.parameters or {}, d.parameter_openapi_schema)
+        needs = credentials_of(
+            [(d.name, d.parameters or {}, d.parameter_openapi_schema) for d in deployments])
+        for d, needed in zip(deployments, needs, strict=True):
             schedules += [Schedule(f"{flows.get(d.flow_id, '?')}/{d.name}", d.id, s.id, s.active, needed)
                           for s in d.schedules]
     return len(deployments), schedules

@@ -55,6 +55,20 @@ def test_every_shipped_cloud_redeploy_needs_credentials_and_local_tiny_does_not(
     assert redeploys and all(register.credentials_needed(d["parameters"]) == "default" for d in redeploys.values())
 
 
+def test_deployments_that_carry_only_a_name_need_what_their_spec_needs():
+    doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
+    entries = [(d["name"], d["parameters"], None) for d in doc]
+    needs = dict(zip(((d["entrypoint"].split(":")[-1], d["name"]) for d in doc),
+                     register.credentials_of(entries), strict=True))
+    assert needs[("watch", "local-tiny")] is None and needs[("launch", "local-tiny")] is None
+    assert needs[("watch", "qwen3-8b")] == "default" == needs[("redeploy", "qwen3-8b")]
+    # Every scheduled deployment of a cloud spec is paused without credentials.
+    cloud = {d["name"] for d in doc if d["parameters"].get("spec", {}).get("topology", "local") != "local"}
+    for d, need in zip(doc, register.credentials_of(entries), strict=True):
+        if d.get("schedules") and d["name"] in cloud:
+            assert need == "default", d["entrypoint"]
+
+
 def test_only_local_specs_get_a_made_up_key(tmp_path, spec_dict):
     for kind, name in (("local", "a"), ("ecs", "b"), ("local", "c")):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec_dict(kind, name=name, access={
@@ -64,9 +78,9 @@ def test_only_local_specs_get_a_made_up_key(tmp_path, spec_dict):
 
 
 def test_the_shipped_automations_load_and_a_broken_one_is_refused_by_file(tmp_path):
-    (shipped,) = register.load_automations(DEPLOYMENTS_DIR / "automations")
-    assert shipped.name == "servenest-crash-zombie-runs"
-    assert shipped.trigger.within.total_seconds() == 540
+    shipped = {a.name: a for a in register.load_automations(DEPLOYMENTS_DIR / "automations")}
+    assert len(shipped) == len(list((DEPLOYMENTS_DIR / "automations").glob("*.yaml")))
+    assert shipped["servenest-crash-zombie-runs"].trigger.within.total_seconds() == 540
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: no-trigger\nactions: []\n")
     with pytest.raises(ServeNestError, match="bad.yaml: not a valid Prefect automation"):
