@@ -63,9 +63,10 @@ def connection_card(
     servenest: str = "servenest",
 ) -> str:
     access = "public" if public else "private (this machine / VPC only)"
+    # A real header row: the UI's markdown renders an empty one as a blank bar.
     return f"""# {deployment}: connection card
 
-| | |
+| Endpoint | Value |
 |---|---|
 | Base URL | `{base_url}/v1` |
 | Model | `{model}` |

@@ -22,6 +22,8 @@ from servenest.errors import ServeNestError
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_PORT = int(os.environ.get("SERVENEST_PREFECT_PORT", "4200"))
+# The server started here, for `servenest stop` (servenest.register.stop_started_processes).
+SERVER_PID_FILE = "prefect-server.pid"
 
 
 def _healthy(api_url: str) -> bool:
@@ -45,15 +47,17 @@ def start_local_server(timeout_s: float = 120.0) -> tuple[str, float]:
     prefect_bin = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
     log = paths.home() / "prefect-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # The UI asks PREFECT_UI_API_URL for its data (default: port 4200, whatever ours is).
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": url}
     env.pop("PREFECT_API_URL", None)
     started = time.monotonic()
     with open(log, "ab") as fh:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             [prefect_bin, "server", "start", "--host", LOCAL_HOST, "--port", str(LOCAL_PORT)],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
+    (paths.home() / SERVER_PID_FILE).write_text(f"{proc.pid}\n")
     while time.monotonic() - started < timeout_s:
         if _healthy(url):
             return url, time.monotonic() - started

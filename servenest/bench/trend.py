@@ -1,5 +1,10 @@
-"""The benchmark history as a trend: a hand-written SVG chart, a plain-text fallback with
+"""The benchmark history as a trend: a matplotlib chart, a plain-text fallback with
 sparklines, what each run cost, and the headline figures a registered endpoint keeps.
+
+Prefect's UI renders ``data:image/...`` images inside markdown artifacts (both UIs that
+prefect 3.8.8 ships: ui-v2's markdown component allows ``^data:image/`` as an img src,
+see prefect/server/ui-v2/assets/lazy-markdown-*.js), and it has nowhere to serve a file
+from, so the chart travels in the artifact as a PNG data URI, with the tables under it.
 
 Rows are ``gate.history_row`` dicts, oldest first. They come back from a table artifact,
 so any figure may be missing, NaN, an empty string or a number as text.
@@ -8,10 +13,10 @@ so any figure may be missing, NaN, an empty string or a number as text.
 from __future__ import annotations
 
 import base64
+import io
 import math
 import time
 from datetime import datetime
-from xml.sax.saxutils import escape
 
 MAX_CHART_RUNS = 50
 TABLE_RUNS = 10
@@ -24,8 +29,8 @@ PANELS = (
     ("output throughput (tok/s)", [("output_throughput", "tok/s", "#2ca02c")]),
 )
 
-# Chart geometry, in SVG user units.
-WIDTH, PANEL_H, GAP, LEFT, RIGHT, TOP, INSET = 640, 120, 44, 56, 40, 28, 8
+# Chart size in inches at DPI: 640 x 480 pixels, readable in the UI's artifact pane.
+FIG_W, FIG_H, DPI = 6.4, 4.8, 100
 
 
 def value(row: dict, key: str) -> float | None:
@@ -76,84 +81,53 @@ def _date_label(row: dict, index: int) -> str:
         return f"#{index + 1}"
 
 
-def _segments(points: list[tuple[float, float] | None]) -> list[list[tuple[float, float]]]:
-    """Runs of consecutive known points: a missing value breaks the line."""
-    out: list[list[tuple[float, float]]] = [[]]
-    for p in points:
-        if p is None:
-            if out[-1]:
-                out.append([])
-        else:
-            out[-1].append(p)
-    return [s for s in out if s]
-
-
 def _num(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
 
 
-def _panel(title: str, series: list[tuple[str, str, str]], rows: list[dict], top: float) -> list[str]:
-    plot_w = WIDTH - LEFT - RIGHT
-    inner = plot_w - 2 * INSET  # markers stay off the frame
-    n = len(rows)
-
-    def x(i: int) -> float:
-        # One run sits in the middle rather than on the axis.
-        return LEFT + INSET + (inner / 2 if n == 1 else i * inner / (n - 1))
-
-    known = [v for key, _, _ in series for r in rows if (v := value(r, key)) is not None]
-    lo, hi = (min(known), max(known)) if known else (0.0, 1.0)
-    ticks = sorted({lo, hi}) if known else []
-    if hi == lo:  # a flat line sits mid-panel
-        lo, hi = lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
-
-    def y(v: float) -> float:
-        return round(top + PANEL_H - INSET - (v - lo) / (hi - lo) * (PANEL_H - 2 * INSET), 1)
-
-    out = [f'<g class="panel" data-title="{escape(title)}">',
-           f'<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL_H}" fill="none" stroke="#ccc"/>',
-           f'<text x="{LEFT}" y="{top - 8}" font-size="12" font-weight="bold">{escape(title)}</text>']
-    for v in ticks:  # the smallest and largest value shown, with a faint guide line
-        out += [f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(v)}" y2="{y(v)}" stroke="#eee"/>',
-                f'<text x="{LEFT - 4}" y="{y(v) + 4}" font-size="10" text-anchor="end">{_num(v)}</text>']
-    legend_x = WIDTH - RIGHT
-    for _, legend, colour in reversed(series):
-        out.append(f'<text x="{legend_x}" y="{top - 8}" font-size="11" text-anchor="end" '
-                   f'fill="{colour}">{escape(legend)}</text>')
-        legend_x -= 8 * len(legend) + 12
-    for key, _, colour in series:
-        points = [None if (v := value(r, key)) is None else (round(x(i), 1), y(v))
-                  for i, r in enumerate(rows)]
-        for seg in _segments(points):
-            coords = " ".join(f"{px},{py}" for px, py in seg)
-            out.append(f'<polyline data-series="{key}" points="{coords}" fill="none" '
-                       f'stroke="{colour}" stroke-width="1.5"/>')
-        # Markers keep a lone point (one run, or one between gaps) visible.
-        out += [f'<circle data-series="{key}" cx="{px}" cy="{py}" r="2.5" fill="{colour}"/>'
-                for px, py in filter(None, points)]
-    # At most ~6 date labels, always the first and the last run.
+def _label_positions(n: int) -> list[int]:
+    """At most ~6 date labels, always the first and the last run."""
     step = max(1, math.ceil(n / 6))
-    for i in [*(i for i in range(0, n - 1, step) if n - 1 - i >= step / 2), n - 1]:
-        out.append(f'<text x="{round(x(i), 1)}" y="{top + PANEL_H + 14}" font-size="10" '
-                   f'text-anchor="middle">{escape(_date_label(rows[i], i))}</text>')
-    out.append("</g>")
-    return out
+    return [*(i for i in range(0, n - 1, step) if n - 1 - i >= step), n - 1] if n else []
 
 
-def trend_svg(rows: list[dict]) -> str:
-    """A self-contained SVG chart of the last ``MAX_CHART_RUNS`` runs: latency and throughput."""
+def trend_figure(rows: list[dict]):
+    """The last ``MAX_CHART_RUNS`` runs as a matplotlib Figure: one panel per unit, one
+    line per series over the run index (a missing value is NaN, which breaks the line)."""
+    # The object API with the Agg canvas: no pyplot global state, safe in worker threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     rows = rows[-MAX_CHART_RUNS:]
-    height = TOP + len(PANELS) * (PANEL_H + GAP)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-             f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif">',
-             f'<rect width="{WIDTH}" height="{height}" fill="white"/>']
+    fig = Figure(figsize=(FIG_W, FIG_H), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(PANELS), 1, sharex=True, squeeze=False)[:, 0]
     if not rows:
-        parts.append(f'<text x="{LEFT}" y="{TOP}" font-size="12">no benchmark runs yet</text>')
-    else:
-        for k, (title, series) in enumerate(PANELS):
-            parts += _panel(title, series, rows, TOP + k * (PANEL_H + GAP))
-    parts.append("</svg>")
-    return "\n".join(parts)
+        fig.text(0.5, 0.5, "no benchmark runs yet", ha="center", va="center")
+    xs = list(range(len(rows)))
+    for ax, (title, series) in zip(axes, PANELS, strict=True):
+        ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
+        ax.grid(True, color="#eee")
+        ax.tick_params(labelsize=8)
+        for key, legend, colour in series:
+            ys = [math.nan if (v := value(r, key)) is None else v for r in rows]
+            ax.plot(xs, ys, color=colour, marker="o", markersize=3, linewidth=1.5, label=legend, gid=key)
+        if rows:
+            # On the title's line, right-aligned: never over the data.
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
+                      ncols=len(series), borderaxespad=0.1, handlelength=1.5)
+    if rows:
+        labels = _label_positions(len(rows))
+        axes[-1].set_xticks(labels, [_date_label(rows[i], i) for i in labels])
+        axes[-1].set_xlim(-0.5, len(rows) - 0.5)  # one run sits mid-chart, not on the axis
+    return fig
+
+
+def trend_png(rows: list[dict]) -> bytes:
+    """``trend_figure`` as PNG bytes (no timestamp in its metadata: same rows, same bytes)."""
+    buf = io.BytesIO()
+    trend_figure(rows).savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
 
 
 def sparkline(values: list[float | None]) -> str:
@@ -179,7 +153,7 @@ def _usd(v: float) -> str:
 def trend_markdown(deployment: str, rows: list[dict]) -> str:
     """The trend chart as an embedded image, and the same trend as text for where images
     do not render: sparklines per metric and the last ``TABLE_RUNS`` runs with their cost."""
-    svg = base64.b64encode(trend_svg(rows).encode()).decode()
+    png = base64.b64encode(trend_png(rows)).decode()
     recent = rows[-TABLE_RUNS:]
     # "median TTFT", "p99 TPOT", "tok/s": the chart's series, named for a table.
     columns = [(legend if key == "output_throughput" else f"{legend} {title.split()[0]}", key)
@@ -187,7 +161,7 @@ def trend_markdown(deployment: str, rows: list[dict]) -> str:
     figures = [(name, lambda r, k=key: value(r, k), _num) for name, key in columns]
     figures.append(("cost/run", cost_per_run, _usd))
     out = [f"# Benchmark trend of {deployment}\n",
-           f"![trend](data:image/svg+xml;base64,{svg})\n",
+           f"![Benchmark trend of {deployment}](data:image/png;base64,{png})\n",
            f"## Last {len(recent)} runs\n",
            "| metric | trend | latest | min | max |", "|---|---|---|---|---|"]
     for name, getter, fmt in figures:

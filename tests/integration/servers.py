@@ -218,9 +218,11 @@ def prefect_server(home: Path, *, database_url: str | None = None, auth_string: 
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
     })
+    api_url = f"http://127.0.0.1:{port}/api"
+    if ui:  # else the UI asks the default port (4200) for its data: another server, or none
+        env["PREFECT_UI_API_URL"] = api_url
     if auth_string:
         env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
-    api_url = f"http://127.0.0.1:{port}/api"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import math
 import re
-import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import pytest
@@ -13,16 +13,21 @@ import pytest
 from servenest.bench.gate import history_row
 from servenest.bench.run import BenchSettings
 from servenest.bench.trend import (
+    DPI,
+    FIG_H,
+    FIG_W,
     MAX_CHART_RUNS,
+    PANELS,
     cost_per_run,
     sparkline,
     summarize_benchmark,
+    trend_figure,
     trend_markdown,
-    trend_svg,
+    trend_png,
 )
 
-SVG = "{http://www.w3.org/2000/svg}"
 SERIES = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "output_throughput")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run(i: int, **overrides) -> dict:
@@ -32,56 +37,75 @@ def run(i: int, **overrides) -> dict:
     return {**row, **overrides}
 
 
-def chart(rows: list[dict]) -> ET.Element:
-    return ET.fromstring(trend_svg(rows))  # also proves it is well-formed XML
+def lines(fig) -> dict[str, tuple[list[float], list[float]]]:
+    """Each series' plotted (x, y) data, by its history key."""
+    return {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata()))
+            for ax in fig.axes for line in ax.get_lines()}
 
 
-def points(root: ET.Element, series: str) -> list[list[tuple[float, float]]]:
-    """Each polyline of a series as its (x, y) points."""
-    return [[tuple(map(float, p.split(","))) for p in line.get("points").split()]
-            for line in root.iter(f"{SVG}polyline") if line.get("data-series") == series]
+def drawn(ys: list[float]) -> list[list[int]]:
+    """The runs of consecutive finite points: what matplotlib joins into one line."""
+    out: list[list[int]] = [[]]
+    for i, y in enumerate(ys):
+        if math.isnan(y):
+            out.append([])
+        else:
+            out[-1].append(i)
+    return [s for s in out if s]
 
 
 def test_three_panels_and_one_point_per_run_and_series():
-    root = chart([run(i) for i in range(7)])
-    assert len([g for g in root.iter(f"{SVG}g") if g.get("class") == "panel"]) == 3
-    for series in SERIES:
-        lines = points(root, series)
-        assert len(lines) == 1 and len(lines[0]) == 7
-        xs = [x for x, _ in lines[0]]
-        assert xs == sorted(xs) and len(set(xs)) == 7  # run index, left to right
-    # Throughput falls run by run: in SVG, y grows downwards.
-    ys = [y for _, y in points(root, "output_throughput")[0]]
-    assert ys == sorted(ys)
-    assert "03-01 00:00" in trend_svg([run(i) for i in range(7)])  # date labels
+    fig = trend_figure([run(i) for i in range(7)])
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [title for title, _ in PANELS]
+    data = lines(fig)
+    assert set(data) == set(SERIES)
+    for key in SERIES:
+        xs, ys = data[key]
+        assert xs == list(range(7)) and len(ys) == 7  # run index, left to right
+    assert data["output_throughput"][1] == [300.0 - i for i in range(7)]
+    assert data["p99_ttft_ms"][1] == [120.0 + 2 * i for i in range(7)]
+    labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert labels[0] == "03-01 00:00" and labels[-1] == "03-01 00:06" and len(labels) <= 7
 
 
 @pytest.mark.parametrize("missing", [None, math.nan, "", "n/a"])
 def test_a_missing_value_breaks_the_line_instead_of_plotting_zero(missing):
     rows = [run(i) for i in range(6)]
     rows[2]["p99_ttft_ms"] = missing
-    root = chart(rows)
-    lines = points(root, "p99_ttft_ms")
-    assert [len(line) for line in lines] == [2, 3]
-    complete = points(root, "median_ttft_ms")[0]
-    assert complete[2][0] not in {x for line in lines for x, _ in line}  # nothing drawn at run 3
-    markers = [c for c in root.iter(f"{SVG}circle") if c.get("data-series") == "p99_ttft_ms"]
-    assert len(markers) == 5
+    data = lines(trend_figure(rows))
+    assert drawn(data["p99_ttft_ms"][1]) == [[0, 1], [3, 4, 5]]  # nothing at run 3, not 0
+    assert drawn(data["median_ttft_ms"][1]) == [[0, 1, 2, 3, 4, 5]]
 
 
 def test_one_run_and_a_series_never_measured():
-    root = chart([run(0, p99_tpot_ms=None)])
-    assert [len(line) for line in points(root, "median_ttft_ms")] == [1]
-    assert points(root, "p99_tpot_ms") == []
-    assert chart([]) is not None  # no runs yet: still a valid image
+    fig = trend_figure([run(0, p99_tpot_ms=None)])
+    data = lines(fig)
+    assert data["median_ttft_ms"][1] == [50.0]
+    assert drawn(data["p99_tpot_ms"][1]) == []
+    assert fig.axes[-1].get_xlim() == (-0.5, 0.5)  # the one run sits mid-chart
+    assert trend_png([]).startswith(PNG_SIGNATURE)  # no runs yet: still an image
 
 
 def test_many_runs_keep_the_last_fifty():
     rows = [run(i) for i in range(MAX_CHART_RUNS + 30)]
-    root = chart(rows)
-    assert len(points(root, "output_throughput")[0]) == MAX_CHART_RUNS
-    text = trend_svg(rows)
-    assert "03-01 00:29" not in text and "03-01 01:19" in text  # the first 30 runs are gone
+    fig = trend_figure(rows)
+    xs, ys = lines(fig)["output_throughput"]
+    assert len(xs) == MAX_CHART_RUNS and ys[0] == 300.0 - 30  # the first 30 runs are gone
+    labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert labels[0] == "03-01 00:30" and labels[-1] == "03-01 01:19"
+
+
+def test_the_png_is_the_chart_at_its_size_and_the_same_rows_give_the_same_bytes():
+    from PIL import Image
+
+    rows = [run(i) for i in range(5)]
+    png = trend_png(rows)
+    image = Image.open(io.BytesIO(png))
+    assert (image.format, image.size) == ("PNG", (round(FIG_W * DPI), round(FIG_H * DPI)))
+    # Drawn, not blank: the three colours of the series are among its pixels.
+    colours = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)} <= colours
+    assert trend_png(rows) == png
 
 
 def test_sparkline_heights_follow_the_values():
@@ -106,8 +130,8 @@ def test_markdown_embeds_the_chart_and_a_text_table_of_the_last_ten_runs():
     rows = [run(i) for i in range(12)]
     rows[-1]["hourly_price_usd"] = None
     md = trend_markdown("qwq", rows)
-    data = re.search(r"!\[trend\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", md).group(1)
-    assert base64.b64decode(data).decode() == trend_svg(rows)
+    data = re.search(r"!\[Benchmark trend of qwq\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md).group(1)
+    assert base64.b64decode(data) == trend_png(rows)
     # One block per run of the last ten; latency rises while throughput falls.
     assert "| p99 TTFT | `▁▂▃▃▄▅▆▆▇█` | 142 | 124 | 142 |" in md
     assert "| tok/s | `█▇▆▆▅▄▃▃▂▁` |" in md

@@ -207,3 +207,24 @@ def test_bench_help_documents_strict_and_the_exit_status(capsys):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--strict" in text and "servenest.valid false" in text and "3 for an invalid run" in text
+
+def test_stop_with_nothing_started_says_so(capsys):
+    assert main(["stop"]) == 0
+    assert "nothing to stop" in capsys.readouterr().out
+
+
+def test_register_takes_an_optional_worker():
+    parser = cli.build_parser()
+    assert parser.parse_args(["register"]).worker is False
+    assert parser.parse_args(["register", "--worker"]).worker is True
+    assert parser.parse_args(["register"]).fn is cli.cmd_register
+
+
+def test_demo_summary_keeps_registration_apart_from_everything_else():
+    stages = [{"stage": "launch", "seconds": 10.0}, {"stage": "gate", "seconds": 5.0},
+              {"stage": "validate", "seconds": 1.0}]
+    summary = cli.demo_summary(stages, 100.0, 8.0, 2.0, register_s=40.0)
+    assert summary["engine start-up, launch to gate passed (s)"] == 15.0
+    assert summary["Prefect registration: blocks, pool, deployments, automations (s)"] == 40.0
+    assert summary["everything else (s)"] == 37.0
+    assert "Prefect registration" not in " ".join(cli.demo_summary(stages, 30.0, 0.0, None))

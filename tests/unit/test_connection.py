@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 
@@ -56,6 +57,17 @@ def test_connection_card_never_contains_the_full_key():
 def test_connection_card_says_public_when_public():
     card = connection_card("d", "http://1.2.3.4:8000", "m", "sk-" + "x" * 30, "s", True)
     assert "| Access | public |" in card
+
+
+def test_every_table_of_the_card_has_a_header_with_words():
+    # An empty header row ("| | |") renders as a blank bar above the table in the UI.
+    lines = connection_card("d", "http://1.2.3.4:8000", "m", "sk-" + "x" * 30, "s", False).splitlines()
+    headers = [lines[i - 1] for i, line in enumerate(lines) if re.fullmatch(r"\|(-+\|)+", line)]
+    assert len(headers) == 2
+    for header in headers:
+        cells = [c.strip() for c in header.strip("|").split("|")]
+        assert all(cells), header
+    assert headers[0] == "| Endpoint | Value |"
 
 
 def run_as_shell(command: str, key: str) -> list[str]:
