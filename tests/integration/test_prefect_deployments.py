@@ -19,7 +19,12 @@ import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+)
 
 from blocks.endpoint import ServeNestEndpoint
 from servenest import process
@@ -81,6 +86,16 @@ def spec_params(make_spec, name: str, **benchmark) -> dict:
 
 def run_id(output: str) -> str:
     return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+
+
+def runs_of_flow(client, flow_name: str):
+    """Runs of one flow, oldest expected start first. The server also holds each schedule's
+    future runs (nightly redeploys for 100 days, watches every 5 min) and its default order
+    is by random id, so an unsorted first page misses the run just created."""
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                 sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200)
 
 
 def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = ""):
@@ -208,7 +223,7 @@ def test_a_published_revision_starts_the_models_redeploys(worker):
 
     def triggered():
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(limit=50)
+            runs = runs_of_flow(client, "redeploy")
         return [r for r in runs if r.parameters.get("revision") == revision]
 
     (run,) = wait_for(triggered, 60, what="the trigger's redeploy run")
@@ -289,7 +304,7 @@ def test_a_run_whose_worker_died_is_crashed_and_cleaned_up_by_the_automations(wo
         assert "No heartbeat" in crashed.state.message
 
         def teardown_run():
-            return [r for r in client.read_flow_runs(limit=50)
+            return [r for r in runs_of_flow(client, "teardown")
                     if r.parameters.get("failed_run_id") == flow_run_id]
 
         (cleanup,) = wait_for(teardown_run, 60, 1, "the clean-up teardown run")
