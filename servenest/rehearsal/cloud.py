@@ -38,7 +38,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -46,7 +45,7 @@ import yaml
 
 from servenest.catalog import INSTANCE_TYPES as KNOWN_INSTANCE_TYPES
 from servenest.rehearsal.disks import DisksMixin
-from servenest.rehearsal.http import EmulatorHandler
+from servenest.rehearsal.http import EmulatorHandler, ServedEmulator
 
 ROS_VERSION = "2019-09-10"
 ECS_VERSION = "2014-05-26"
@@ -329,7 +328,7 @@ class _Invocation:
     pending: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
-class CloudEmulator(DisksMixin):
+class CloudEmulator(DisksMixin, ServedEmulator):
     """In-process Alibaba Cloud emulator (ROS, ECS Cloud Assistant/pricing/disks/snapshots, CS)."""
 
     ApiError = ApiError  # for the mixins
@@ -389,47 +388,8 @@ class CloudEmulator(DisksMixin):
         self.clusters: dict[str, dict[str, Any]] = {}
         self._disks_init()
         self._next_loopback = 2
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> CloudEmulator:
-        if self._server is not None:
-            return self
-        emulator = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="cloud-emulator",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> CloudEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def endpoint(self) -> str:
@@ -1478,3 +1438,7 @@ class _Handler(EmulatorHandler):
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+CloudEmulator.handler = _Handler  # defined after the emulator it serves
+CloudEmulator.thread_name = "cloud-emulator"

@@ -52,12 +52,11 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import yaml
 
-from servenest.rehearsal.http import EmulatorHandler
+from servenest.rehearsal.http import EmulatorHandler, ServedEmulator
 
 JSON = "application/json"
 WATCH_TIMEOUT = 60.0  # seconds; a real server ends watches after minutes, clients re-watch
@@ -346,7 +345,7 @@ def _lines(events: list[tuple[str, dict]]) -> Iterator[bytes]:
         yield json.dumps({"type": kind, "object": obj}).encode() + b"\n"
 
 
-class KubeEmulator:
+class KubeEmulator(ServedEmulator):
     """In-process Kubernetes API server (see the module docstring for its reach)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
@@ -369,47 +368,19 @@ class KubeEmulator:
         self.metric_loads: dict[tuple[str, str, str], MetricLoad] = {}
         self.uninstalled: set[str] = set()  # plurals (or CUSTOM_METRICS) that answer 404
         self._stopped = False
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         for ns in ("default", "kube-system", "kube-public"):
             self.add_namespace(ns)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> KubeEmulator:
-        if self._server is not None:
-            return self
-
-        class Handler(_Handler):
-            emulator = self
-
-        self._stopped = False
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="kube-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
+    def _before_stop(self) -> None:
         with self._changed:  # open watch streams see this and end
             self._stopped = True
             self._changed.notify_all()
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
 
-    def __enter__(self) -> KubeEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def start(self) -> KubeEmulator:
+        self._stopped = False
+        return super().start()
 
     @property
     def url(self) -> str:
@@ -1712,3 +1683,7 @@ class KubeController:
 
 __all__ = ["CUSTOM_METRICS", "RESOURCES", "Call", "KubeController", "KubeEmulator", "KubeError",
            "KubeFaults", "MetricLoad", "Resource", "parse_quantity", "field_selector", "json_patch", "label_selector", "merge_patch"]
+
+
+KubeEmulator.handler = _Handler  # defined after the emulator it serves
+KubeEmulator.thread_name = "kube-emulator"
