@@ -21,7 +21,7 @@ Semantics, as vLLM has them:
   ``success=False`` with a short ``error``; nothing raises out of :meth:`Endpoint.send`.
 
 Hot path: one shared ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport`` (pooled
-keep-alive aiohttp connections, 4 MiB read buffer, proxy looked up once, no cookie jar). Each
+keep-alive aiohttp connections, none reused once the server closed it, 4 MiB read buffer, proxy looked up once, no cookie jar). Each
 request is an ``httpx.Request`` with prebuilt URL and headers handed straight to the client's
 transport (the client's auth/redirect/cookie layers are not needed); the body is serialized
 with orjson; the response is read as raw bytes from the transport's aiohttp stream
@@ -32,6 +32,7 @@ tokenization; nothing is allocated per request beyond the request and its result
 from __future__ import annotations
 
 import contextlib
+import select
 import time
 import urllib.parse
 import urllib.request
@@ -61,6 +62,7 @@ UNCAPPED_CONNECTIONS = 0
 # of the close late, that happened to a few requests in a hundred at 5 req/s.
 KEEPALIVE_S = 3.0
 ERROR_MAX_CHARS = 300
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 _perf_counter = time.perf_counter
 _loads = orjson.loads
@@ -90,14 +92,15 @@ def make_client(max_concurrency: int | None = None, base_url: str | None = None)
     ``await client.aclose()`` (which closes the aiohttp session too).
 
     Mirrors vLLM's session: ``TCPConnector(limit=max_concurrency or 0)``, six-hour timeout,
-    proxy variables honoured; but idle connections are kept :data:`KEEPALIVE_S`, not 60 s.
+    proxy variables honoured; but idle connections are kept :data:`KEEPALIVE_S`, not 60 s,
+    and one the server has closed is never reused (:class:`LiveConnector`).
     vLLM's ``trust_env=True`` makes aiohttp look the proxy and ``~/.netrc`` up in a worker
     thread on every request (two thread hops per request); here the proxy for ``base_url`` is
     looked up once, and netrc is not consulted (the key goes in the Authorization header). httpx's own ``trust_env`` is off so that it
     never mounts a proxy transport around the aiohttp one. No cookie jar.
     """
     limit = max_concurrency or UNCAPPED_CONNECTIONS
-    connector = aiohttp.TCPConnector(
+    connector = LiveConnector(
         limit=limit,
         limit_per_host=limit,
         ttl_dns_cache=300,
@@ -126,6 +129,46 @@ def make_client(max_concurrency: int | None = None, base_url: str | None = None)
         # Raw bytes are parsed as they arrive: ask for no content coding.
         headers={"Accept-Encoding": "identity"},
     )
+
+
+class LiveConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, with two changes so that no request goes out on a connection the server
+    has closed or is about to close (vLLM's and SGLang's uvicorn close one idle for 5 s):
+
+    - the most recently released connection is reused first (aiohttp takes the oldest): its
+      server-side idle time is the shortest. The client's own idle clock starts when its loop
+      reads the end of a response, which on a busy machine is seconds after the server sent
+      it; the oldest connection, still "under 3 s" by that clock, had often passed the server's
+      5 s and was closed as the request went out ("Server disconnected");
+    - one the server has already closed is not handed out: urllib3's
+      ``is_connection_dropped`` check (an idle connection with anything to read, even EOF, is
+      dead), one ``poll`` per reuse. aiohttp learns of a close only when its loop reads the
+      socket, which can be seconds late; the kernel knows at once.
+
+    Those failures are the client's, not the server's, and a benchmark must not count them.
+    """
+
+    async def connect(self, req, traces, timeout):
+        while True:
+            idle = self._conns.get(req.connection_key)
+            if idle and len(idle) > 1:
+                idle.rotate(1)  # (connection, released_at) in release order: newest to the front
+            conn = await super().connect(req, traces, timeout)
+            if not _closed_by_peer(conn.transport):
+                return conn
+            conn.close()  # dropped from the pool; the next one, or a new one, is taken
+
+
+def _closed_by_peer(transport) -> bool:
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _POLLIN)
+    # A new connection has nothing to read either, so this costs it nothing but the call.
+    return bool(poller.poll(0))
 
 
 def env_proxy_for(url: str) -> str | None:

@@ -196,3 +196,79 @@ def test_chat_usage_event_does_not_move_latency():
     assert r.success and len(r.itl) == 1
     assert r.latency == pytest.approx(r.ttft + r.itl[0], abs=1e-9)
     assert r.generated_text == "x" and r.output_tokens == 3
+
+
+# -- connections the server closed while the client's loop was busy ---------------------------
+
+IDLE_CLOSE_S = 0.2
+
+
+def _send_twice_with_a_busy_loop_between(server, client_factory):
+    """One request, then the loop blocked past the server's idle close (its FIN waits in the
+    kernel, unread), then a second request on the same pool."""
+    import time
+
+    async def go():
+        client = client_factory()
+        try:
+            ep = Endpoint(server.url + "/v1/completions", "noop", "openai")
+            first = await ep.send(client, REQ, 0)
+            time.sleep(IDLE_CLOSE_S * 3)  # a starved client: nothing runs on the loop
+            second = await ep.send(client, REQ, 1)
+            return first, second
+        finally:
+            await client.aclose()
+
+    return run_sync(go())
+
+
+@pytest.fixture(scope="module")
+def closes_idle():
+    with NoopServerProcess("--keep-alive-s", str(IDLE_CLOSE_S)) as server:
+        yield server
+
+
+def test_a_connection_the_server_closed_is_not_reused(closes_idle):
+    first, second = _send_twice_with_a_busy_loop_between(closes_idle, lambda: make_client(4, closes_idle.url))
+    assert first.success, first.error
+    assert second.success, second.error
+    assert second.output_tokens == 5
+
+
+def test_without_the_check_the_same_sequence_fails(closes_idle):
+    # The control: aiohttp's own pool (vLLM's client) sends on the dead connection.
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    def plain_pool():
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=60))
+        return httpx.AsyncClient(transport=AiohttpTransport(client=session))
+
+    first, second = _send_twice_with_a_busy_loop_between(closes_idle, plain_pool)
+    assert first.success, first.error
+    assert not second.success
+    assert second.error.startswith(("ServerDisconnectedError", "ClientOSError")), second.error
+
+
+def test_the_most_recently_released_connection_is_reused_first(plain):
+    # Its server-side idle time is the shortest: the least likely to be closing.
+    import asyncio
+
+    async def go():
+        client = make_client(4, plain.url)
+        try:
+            ep = Endpoint(plain.url + "/v1/completions", "noop", "openai")
+            await asyncio.gather(ep.send(client, REQ, 0), ep.send(client, REQ, 1))
+            connector = client._transport.client.connector
+            (key, idle), = connector._conns.items()
+            older, newer = (proto for proto, _released in idle)
+            await ep.send(client, REQ, 2)
+            return older, newer, [proto for proto, _ in connector._conns[key]]
+        finally:
+            await client.aclose()
+
+    older, newer, left = run_sync(go())
+    assert newer is not older
+    # The newer one served the request and went back to the end; aiohttp's own order (oldest
+    # first) would leave [newer, older].
+    assert left == [older, newer]
