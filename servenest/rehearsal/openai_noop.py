@@ -20,6 +20,8 @@ Raw asyncio protocol (uvloop when installed), HTTP/1.1 keep-alive, chunked SSE l
   K`` answers every K-th generation request with 500; a prompt containing ``__500__``,
   ``__401__``, ``__reset__`` (connection dropped mid-stream), ``__malformed__`` (an event that is
   not JSON) or ``__nochunk__`` (200 with only ``[DONE]``) fails that one request.
+- ``--keep-alive-s S`` closes a connection idle for S seconds after its last response, as
+  uvicorn (vLLM's and SGLang's server) does after 5 s: the race a pooling client must handle.
 
 It prints ``noop-server listening on http://HOST:PORT`` once it accepts connections (``--port
 0`` picks a free port). :func:`spawn` runs it as a subprocess for tests and benchmarks.
@@ -76,6 +78,7 @@ class Config:
     models: list[str] = field(default_factory=lambda: ["noop"])
     fail_every: int = 0
     reasoning_chunks: int = 0
+    keep_alive_s: float = 0.0  # 0: idle connections stay open
 
 
 def _chunk(payload: bytes) -> bytes:
@@ -164,7 +167,7 @@ def _error(status: int, message: str) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "buf", "busy", "pending")
+    __slots__ = ("server", "transport", "buf", "busy", "pending", "idle_timer")
 
     def __init__(self, server: Server):
         self.server = server
@@ -172,14 +175,34 @@ class _Connection(asyncio.Protocol):
         self.buf = b""
         self.busy = False  # a delayed stream is being written; later requests wait
         self.pending: list[tuple] = []
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport):
         self.transport = transport
+        self._arm_idle_close()
 
     def connection_lost(self, exc):
         self.transport = None
+        self._disarm_idle_close()
+
+    def _arm_idle_close(self):
+        keep_alive = self.server.config.keep_alive_s
+        if keep_alive > 0 and self.transport is not None and not self.busy:
+            self._disarm_idle_close()
+            self.idle_timer = asyncio.get_running_loop().call_later(keep_alive, self._close_idle)
+
+    def _disarm_idle_close(self):
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def _close_idle(self):
+        self.idle_timer = None
+        if self.transport is not None and not self.busy and not self.buf:
+            self.transport.close()
 
     def data_received(self, data: bytes):
+        self._disarm_idle_close()
         buf = self.buf + data if self.buf else data
         while True:
             head_end = buf.find(b"\r\n\r\n")
@@ -206,6 +229,7 @@ class _Connection(asyncio.Protocol):
             else:
                 self.handle(method, target, headers, body)
         self.buf = buf
+        self._arm_idle_close()
 
     def _abort(self, status: int):
         if self.transport is not None:
@@ -216,6 +240,7 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         while self.pending and not self.busy and self.transport is not None:
             self.handle(*self.pending.pop(0))
+        self._arm_idle_close()
 
     def handle(self, method: bytes, target: bytes, headers: dict, body: bytes):
         server = self.server
@@ -359,6 +384,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fail-every", type=int, default=0)
     p.add_argument("--reasoning-chunks", type=int, default=0)
     p.add_argument("--cpu", type=int, default=None, help="pin the server to this CPU")
+    p.add_argument("--keep-alive-s", type=float, default=0.0,
+                   help="close connections idle this long after a response (uvicorn: 5; 0: never)")
     return p.parse_args(argv)
 
 
@@ -383,7 +410,7 @@ def main(argv=None) -> None:
     config = Config(tokens=args.tokens, token_delay_s=args.token_delay_ms / 1000,
                     ttft_s=args.ttft_ms / 1000, api_key=_api_key(args),
                     models=args.models or ["noop"], fail_every=args.fail_every,
-                    reasoning_chunks=args.reasoning_chunks)
+                    reasoning_chunks=args.reasoning_chunks, keep_alive_s=args.keep_alive_s)
 
     def ready(port: int) -> None:
         print(f"{READY_PREFIX}http://{args.host}:{port}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -46,3 +47,28 @@ def test_noop_server_refuses_an_empty_key_file(tmp_path):
     done = subprocess.run([sys.executable, "-m", "servenest.rehearsal.openai_noop", "--port", "0",
                            "--api-key-file", str(empty)], capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "is empty" in done.stderr
+
+
+def test_noop_server_closes_a_connection_idle_past_its_keep_alive():
+    # As uvicorn does after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s): the race a pooling client meets.
+    with NoopServerProcess("--keep-alive-s", "0.2") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            for _ in range(2):  # still open after a first response: only idleness closes it
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    got += sock.recv(4096)
+                assert got.startswith(b"HTTP/1.1 200")
+            sock.settimeout(2.0)
+            assert sock.recv(4096) == b""  # EOF after ~0.2 s idle, well before the timeout
+    with NoopServerProcess() as server:  # the default keeps idle connections
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(0.6)
+            try:
+                sock.recv(4096)
+                closed = True
+            except TimeoutError:
+                closed = False
+            assert not closed
