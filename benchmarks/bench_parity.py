@@ -198,9 +198,19 @@ def write_long_sharegpt(path: Path, tokenizer, n: int = LONG_CONVERSATIONS, seed
 
 
 # A control: a process that does nothing but wake every 5 ms for the length of a run, and
-# reports how late its wake-ups were (p99, ms). Its lateness is the machine's alone.
+# reports how late its wake-ups were: p99 (ms; a late wake-up makes the ones after it late
+# too, as a send schedule does), the worst, and how many were over 100 ms. Its lateness is the
+# machine's alone. Run twice: as an ordinary process, and as a real-time (SCHED_FIFO) one,
+# which the kernel runs the moment it wakes; if only the ordinary one is late, the machine's
+# CPU scheduler kept ordinary processes waiting, whatever their code.
 WAKEUP_PROBE = r"""
-import sys, time
+import json, os, sys, time
+if sys.argv[1:] == ["fifo"]:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError):
+        print(json.dumps(None))
+        sys.exit()
 late, step = [], 0.005
 t = time.perf_counter()
 while not sys.stdin.closed:
@@ -213,22 +223,27 @@ while not sys.stdin.closed:
         import select
         if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
             break
+gaps = [b - a for a, b in zip([0.0] + late, late)]  # a stall starts where lateness jumps
 late.sort()
-print(late[int(0.99 * (len(late) - 1))] if late else 0.0)
+print(json.dumps({"p99_ms": late[int(0.99 * (len(late) - 1))] if late else 0.0,
+                  "max_ms": late[-1] if late else 0.0,
+                  "stalls_over_100ms": sum(g > 100 for g in gaps)}))
 """
 
 
 class WakeupProbe:
-    """Runs :data:`WAKEUP_PROBE` beside a benchmark run; ``stop()`` returns its p99 lateness."""
+    """Runs :data:`WAKEUP_PROBE` beside a benchmark run; ``stop()`` returns its figures (None
+    for a real-time probe the machine does not allow)."""
 
-    def __init__(self, cpus: set[int] | None = None):
+    def __init__(self, cpus: set[int] | None = None, realtime: bool = False):
         pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
-        self.proc = subprocess.Popen([*pin, sys.executable, "-c", WAKEUP_PROBE],
+        self.proc = subprocess.Popen([*pin, sys.executable, "-c", WAKEUP_PROBE,
+                                      *(["fifo"] if realtime else [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def stop(self) -> float:
+    def stop(self) -> dict | None:
         out, _ = self.proc.communicate(timeout=30)  # closes stdin: the probe ends
-        return float(out.strip() or "nan")
+        return json.loads(out.strip() or "null")
 
 
 def pin_engine(topo, cpu: int) -> int:
@@ -319,8 +334,11 @@ def _brief(r: dict) -> str:
             + (f"{r['send_lag_p99_ms']:.1f} ms" if r.get("send_lag_p99_ms") is not None else "n/a")
             + (f" | loop thread waited {wait:.1f} s of {r['duration']:.1f} s for a CPU"
                if wait is not None else "")
-            + (f" | idle probe's wake-up lag p99 {r['probe_lag_p99_ms']:.1f} ms"
-               if "probe_lag_p99_ms" in r else "")
+            + (f" | idle probe's wake-up lag p99 {r['probe']['p99_ms']:.1f} ms, "
+               f"{r['probe']['stalls_over_100ms']} stalls over 100 ms (longest "
+               f"{r['probe']['max_ms']:.0f} ms)" if r.get("probe") else "")
+            + (f"; real-time probe's p99 {r['rt_probe']['p99_ms']:.1f} ms, longest "
+               f"{r['rt_probe']['max_ms']:.1f} ms" if r.get("rt_probe") else "")
             + (f" | errors {sorted(set(r['errors']))[:3]}" if r.get("errors") else ""))
 
 
@@ -351,14 +369,15 @@ def long_case(a) -> int:
         for rate in rates:
             runs = results.setdefault(rate, [])
             for i in range(a.rounds):
-                for who in ("vllm", "servenest"):
+                for who in ("vllm", "vllm-again" if a.self_check else "servenest"):
                     before = machine_load()
                     probe = WakeupProbe(clients)  # on the clients' CPUs
+                    rt_probe = WakeupProbe(clients, realtime=True)
                     r = (long_vllm_run(engine_python, base_url, model_dir, key, dataset, rate,
                                        a.seed, clients)
-                         if who == "vllm" else
+                         if who.startswith("vllm") else
                          long_servenest_run(base_url, model_dir, key, dataset, rate, a.seed, clients))
-                    r["load_before"], r["probe_lag_p99_ms"] = before, probe.stop()
+                    r["load_before"], r["probe"], r["rt_probe"] = before, probe.stop(), rt_probe.stop()
                     runs.append((who, r))
                     print(f"{rate:g} req/s round {i + 1} {who:9} [{before}]\n    {_brief(r)}",
                           flush=True)
@@ -368,37 +387,44 @@ def long_case(a) -> int:
     for rate in rates:
         ok &= long_verdict(rate, results[rate], a.max_send_lag_ms)
     print("PARITY " + ("MET" if ok else "NOT MET") + " (long-sharegpt at " + a.rates + " req/s"
-          + (", server on CPU 0, clients on CPU 1)" if a.pin else ")"))
+          + (", server on CPU 0, clients on CPU 1" if a.pin else "")
+          + (", vLLM's client against itself: the criterion's own false alarms" if a.self_check
+             else "") + ")")
     return 0 if ok else 1
 
 
 def long_verdict(rate: float, runs: list[tuple[str, dict]], max_lag_ms: float) -> bool:
-    v, s = split_runs(runs)
+    # By slot (V S V S): with --self-check vLLM's client also runs in ServeNest's slots.
+    v, s = [r for _, r in runs[0::2]], [r for _, r in runs[1::2]]
+    other = runs[1][0]
     print(f"\n== long-sharegpt, {rate:g} req/s, {LONG_PROMPTS} prompts, chat, --ignore-eos, "
           f"runs V S V S ==")
-    ok = counts_equal(v, s)
+    ok = counts_equal(v, s, other)
     for key in KEYS:
         vv = [r[key] for r in v]
         lo, hi = min(vv) * (1 - WIDEN), max(vv) * (1 + WIDEN)
         inside = all(lo <= r[key] <= hi for r in s)
         ok &= inside
-        print(f"{key:22} vllm {[round(x, 3) for x in vv]} servenest {[round(r[key], 3) for r in s]}  "
+        print(f"{key:22} vllm {[round(x, 3) for x in vv]} {other} {[round(r[key], 3) for r in s]}  "
               f"allowed [{lo:.3f}, {hi:.3f}] (vLLM's range widened {WIDEN:.0%})  "
               f"{'ok' if inside else 'OUTSIDE'}")
     fine = max(r["failed"] for r in s) <= max(r["failed"] for r in v)
     ok &= fine
-    print(f"{'failed':22} vllm {[r['failed'] for r in v]} servenest {[r['failed'] for r in s]}  "
+    print(f"{'failed':22} vllm {[r['failed'] for r in v]} {other} {[r['failed'] for r in s]}  "
           f"{'ok' if fine else 'MORE'}")
     lags = [r["send_lag_p99_ms"] for r in s]
     fine = all(x <= max_lag_ms for x in lags)
     ok &= fine
     v_lags = [r["send_lag_p99_ms"] for r in v]
-    print(f"{'send lag p99 (ms)':22} servenest {[round(x, 2) for x in lags]} (limit {max_lag_ms:g}) "
+    print(f"{'send lag p99 (ms)':22} {other} {[round(x, 2) for x in lags]} (limit {max_lag_ms:g}) "
           f"{'ok' if fine else 'OVER'}; vllm, timed the same way, "
           f"{[None if x is None else round(x, 2) for x in v_lags]}")
     print(f"{'machine wake-up lag':22} p99 of a process that only sleeps 5 ms at a time, during "
-          f"each run: {[round(r['probe_lag_p99_ms'], 1) for _, r in runs]} (V S V S)")
-    print(f"{'CPU wait of the loop':22} vllm {[_wait(r) for r in v]} servenest {[_wait(r) for r in s]}"
+          f"each run: {[round(r['probe']['p99_ms'], 1) for _, r in runs]} (V S V S); "
+          f"its stalls over 100 ms: {[r['probe']['stalls_over_100ms'] for _, r in runs]}; the "
+          f"same process real-time (SCHED_FIFO): "
+          f"{[None if not r['rt_probe'] else round(r['rt_probe']['p99_ms'], 1) for _, r in runs]}")
+    print(f"{'CPU wait of the loop':22} vllm {[_wait(r) for r in v]} {other} {[_wait(r) for r in s]}"
           f" (s runnable without a CPU / run s); servenest's late sends' lag, waiting for a CPU / "
           f"busy with its own work: {[_share(r) for r in s]}")
     print(f"{'machine before each':22} " + " | ".join(f"{who[0].upper()}: {r['load_before']}" for who, r in runs))
@@ -431,6 +457,9 @@ def main() -> int:
     p.add_argument("--max-send-lag-ms", type=float, default=10.0, help="long-sharegpt: parity limit")
     p.add_argument("--pin", action="store_true",
                    help="long-sharegpt: the server's threads on CPU 0, both clients on CPU 1")
+    p.add_argument("--self-check", action="store_true",
+                   help="long-sharegpt: vLLM's client in ServeNest's slots too (V V V V), judged "
+                   "the same way: how often the criterion fails a client that is vLLM's own")
     a = p.parse_args()
 
     from servenest.engines import environment
@@ -481,13 +510,13 @@ def split_runs(runs: list[tuple[str, dict]]) -> tuple[list[dict], list[dict]]:
     return [r for who, r in runs if who == "vllm"], [r for who, r in runs if who == "servenest"]
 
 
-def counts_equal(v: list[dict], s: list[dict]) -> bool:
+def counts_equal(v: list[dict], s: list[dict], other: str = "servenest") -> bool:
     """Completed requests and token totals: the same in every run of both tools."""
     ok = True
     for key in ("completed", "total_input_tokens", "total_output_tokens"):
         same = len({r[key] for r in v + s}) == 1
         ok &= same
-        print(f"{key:22} vllm {[r[key] for r in v]} servenest {[r[key] for r in s]}  "
+        print(f"{key:22} vllm {[r[key] for r in v]} {other} {[r[key] for r in s]}  "
               f"{'equal' if same else 'DIFFERENT'}")
     return ok
 
