@@ -220,6 +220,11 @@ def summary_text(
         for p, value in s["percentiles"]:
             row(f"P{percentile_key(p)} {short} (ms):", value, f2)
     lines.append("=" * 50)
+    resent = sum(r.resent for r in run.results)
+    if resent:
+        # vLLM's client would have counted these as failed ("Server disconnected").
+        lines.append(f"{resent} of {len(run.results)} requests were sent again on a new "
+                     "connection: the server closed their idle one as they went out")
     if m.failed:
         errors = first_errors(run.results)
         distinct = len({r.error for r in run.results if not r.success})
@@ -243,6 +248,6 @@ def per_request_frame(run: LoadRun, output_lens: Sequence[int]) -> pd.DataFrame:
             "scheduled_s": r.scheduled_s, "sent_s": r.sent_s, "send_lag_ms": r.send_lag_s * 1000,
             "send_cpu_wait_ms": np.nan if r.send_cpu_wait_s is None else r.send_cpu_wait_s * 1000,
             "send_busy_ms": np.nan if r.send_busy_s is None else r.send_busy_s * 1000,
-            "error": r.error,
+            "resent": r.resent, "error": r.error,
         })
     return pd.DataFrame(rows)

@@ -19,6 +19,9 @@ Semantics, as vLLM has them:
   ``prompt_tokens`` (vLLM 0.32 does both).
 - Non-200, transport errors, malformed events and a stream without a ``choices`` event give
   ``success=False`` with a short ``error``; nothing raises out of :meth:`Endpoint.send`.
+  One exception to vLLM: a request that went out on a pooled connection just as the server
+  closed it as idle (dropped before a byte of answer) is sent once more on another
+  connection and marked ``resent``; vLLM's client counts it as failed.
 
 Hot path: one shared ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport`` (pooled
 keep-alive aiohttp connections, none reused once the server closed it, 4 MiB read buffer, proxy looked up once, no cookie jar). Each
@@ -32,6 +35,7 @@ tokenization; nothing is allocated per request beyond the request and its result
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import select
 import time
 import urllib.parse
@@ -63,6 +67,9 @@ UNCAPPED_CONNECTIONS = 0
 KEEPALIVE_S = 3.0
 ERROR_MAX_CHARS = 300
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+# Whether the connection the current request took came from the pool (set by LiveConnector
+# in the request's own task, read by Endpoint.send when the request fails).
+_took_pooled = contextvars.ContextVar("servenest_took_pooled", default=False)
 
 _perf_counter = time.perf_counter
 _loads = orjson.loads
@@ -151,12 +158,26 @@ class LiveConnector(aiohttp.TCPConnector):
     async def connect(self, req, traces, timeout):
         while True:
             idle = self._conns.get(req.connection_key)
-            if idle and len(idle) > 1:
-                idle.rotate(1)  # (connection, released_at) in release order: newest to the front
+            pooled = set()
+            if idle:
+                if len(idle) > 1:
+                    idle.rotate(1)  # (connection, released_at) in release order: newest first
+                pooled = {id(proto) for proto, _released in idle}
             conn = await super().connect(req, traces, timeout)
             if not _closed_by_peer(conn.transport):
+                _took_pooled.set(id(conn.protocol) in pooled)
                 return conn
             conn.close()  # dropped from the pool; the next one, or a new one, is taken
+
+
+def _lost_to_idle_close(exc: BaseException) -> bool:
+    """A request that failed before any response byte, on a pooled connection that the server
+    closed or reset: uvicorn closing the connection as idle while the request was on its way
+    (the close crossed the poll in :class:`LiveConnector`). The server never read the request."""
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else None
+    return (_took_pooled.get()
+            and isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError))
+            and not isinstance(cause, aiohttp.ClientConnectorError))
 
 
 def _closed_by_peer(transport) -> bool:
@@ -286,8 +307,18 @@ class Endpoint:
         st = _perf_counter()
         out.sent_s = st - start
         last = st
+        _took_pooled.set(False)
         try:
-            response = await transport.handle_async_request(request)
+            try:
+                response = await transport.handle_async_request(request)
+            except httpx.TransportError as exc:
+                if not _lost_to_idle_close(exc):
+                    raise
+                # Sent again once, as browsers do (Chromium's ShouldResendRequest) and RFC 9112
+                # 9.3.1 allows when the request was never applied: nothing came back, and a
+                # completion changes nothing on the server. Timed from the first send.
+                out.resent = True
+                response = await transport.handle_async_request(request)
             if response.status_code != 200:
                 await response.aread()
                 detail = response.text.strip()

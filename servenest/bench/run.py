@@ -192,6 +192,7 @@ def measure(
         "late_send_client_busy_share": split[1] if split else None,
         "load_average_1m": load, "cpus": os.cpu_count(),
         "first_errors": metrics.first_errors(run.results),
+        "resent_after_idle_close": sum(r.resent for r in run.results),
         "valid": not reasons, "invalid_reasons": reasons,
     }
     summary = metrics.summary_text(

@@ -31,6 +31,9 @@ class RequestResult:
     scheduled_s: float = 0.0  # when it should have been sent, from the benchmark start
     sent_s: float = 0.0  # when it was sent, from the benchmark start
     error: str = ""
+    # Sent a second time on another connection: the pooled one it first went out on was closed
+    # by the server as idle before any response (see request.Endpoint.send).
+    resent: bool = False
     generated_text: str = field(default="", repr=False)
     # When the scheduler released it; before sent_s only while it waited for a
     # --max-concurrency slot (that wait is queueing, not the client falling behind).

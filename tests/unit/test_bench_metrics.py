@@ -129,3 +129,15 @@ def test_per_request_frame_records_send_lag():
     assert list(frame["send_lag_ms"].round(3)) == [0.0, 100.0, 0.0]
     assert frame.loc[2, "error"] == "HTTP 500: boom" and not frame.loc[2, "success"]
     assert frame.loc[0, "tpot_ms"] == pytest.approx(20.0)
+
+
+def test_summary_and_frame_say_which_requests_were_sent_again():
+    r = run()
+    r.results[0].resent = True
+    lines = summary_text(calculate_metrics(REQUESTS, r), r, ["ttft"], request_rate=1.0,
+                         max_concurrency=None, goodput=False).splitlines()
+    tail = lines[lines.index("=" * 50) + 1:]
+    assert tail[0] == ("1 of 3 requests were sent again on a new connection: the server closed "
+                       "their idle one as they went out")
+    assert tail[1] == "1 of 3 requests failed; errors:"
+    assert per_request_frame(r, [4, 1, 0])["resent"].tolist() == [True, False, False]

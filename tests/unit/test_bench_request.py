@@ -272,3 +272,75 @@ def test_the_most_recently_released_connection_is_reused_first(plain):
     # The newer one served the request and went back to the end; aiohttp's own order (oldest
     # first) would leave [newer, older].
     assert left == [older, newer]
+
+
+# -- a request that crosses the server's idle close (the close after LiveConnector's poll) -----
+
+_SSE = (b'data: {"choices":[{"text":"x"}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1}}\n\n'
+        b"data: [DONE]\n\n")
+_ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+           b"content-length: %d\r\n\r\n" % len(_SSE)) + _SSE
+
+
+async def _closing_server(answer_first_on_each_connection: bool):
+    """A loopback server that answers a connection's first request only if asked to and drops
+    the connection, unanswered, on any other request: what a client sees when uvicorn closes an
+    idle connection as its request arrives. Returns (server, url, requests seen)."""
+    import asyncio
+
+    seen = []
+
+    async def handle(reader, writer):
+        answered = False
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            seen.append(head)
+            if answered or not answer_first_on_each_connection:
+                writer.transport.abort()  # closed without a byte of answer
+                return
+            writer.write(_ANSWER)
+            await writer.drain()
+            answered = True
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", seen
+
+
+def _two_requests(answer_first_on_each_connection: bool):
+    async def go():
+        server, url, seen = await _closing_server(answer_first_on_each_connection)
+        client = make_client(4, url)
+        try:
+            ep = Endpoint(url + "/v1/completions", "noop", "openai")
+            first = await ep.send(client, REQ, 0)
+            second = await ep.send(client, REQ, 1)
+            return first, second, len(seen)
+        finally:
+            await client.aclose()
+            server.close()
+
+    return run_sync(go())
+
+
+def test_a_request_lost_to_the_servers_idle_close_is_sent_again_once():
+    first, second, requests_seen = _two_requests(answer_first_on_each_connection=True)
+    assert first.success and not first.resent, first.error
+    # The second went out on the pooled connection, which the server dropped unanswered: sent
+    # again on a new connection, counted once, its time taken from the first send.
+    assert second.success, second.error
+    assert second.resent and second.output_tokens == 1
+    assert requests_seen == 3
+
+
+def test_a_new_connection_dropped_unanswered_is_a_failure_not_a_resend():
+    # Not the idle-close race: a server that drops a fresh connection is failing, and the
+    # benchmark must say so (and not send the request twice).
+    first, _second, requests_seen = _two_requests(answer_first_on_each_connection=False)
+    assert not first.success and not first.resent
+    assert first.error.startswith(("ServerDisconnectedError", "ClientOSError")), first.error
+    assert requests_seen == 2  # one each, none repeated
