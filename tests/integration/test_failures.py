@@ -131,9 +131,11 @@ def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, 
     spec = make_spec("it-interrupt")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True)))
-    proc = subprocess.Popen([sys.executable, "-m", "servenest.cli", "up", str(path)], cwd=REPO,
-                            env={**os.environ, "PREFECT_API_URL": prefect_server},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    output = tmp_path / "up.log"  # what the interrupted run said: the failure message's evidence
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "servenest.cli", "up", str(path)], cwd=REPO,
+                                env={**os.environ, "PREFECT_API_URL": prefect_server},
+                                stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     pgid = None
     while time.monotonic() < deadline and pgid is None:  # wait until the engine was launched
@@ -144,7 +146,8 @@ def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, 
     time.sleep(2)  # inside the gate, while the engine loads
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert proc.wait(timeout=120) != 0
-    assert not process.session_members(pgid), "the engine outlived the interrupted run"
+    said = output.read_text(errors="replace")[-4000:]
+    assert not process.session_members(pgid), f"the engine outlived the interrupted run:\n{said}"
     assert_nothing_left(spec.name, spec.access.port)
 
 
