@@ -135,7 +135,11 @@ def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, 
     with output.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "servenest.cli", "up", str(path)], cwd=REPO,
                                 env={**os.environ, "PREFECT_API_URL": prefect_server},
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                # Ctrl-C at a terminal reaches a process whose SIGINT is live; a
+                                # runner started in the background (`cmd &`) ignores SIGINT, and
+                                # its children would inherit that.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     pgid = None
     while time.monotonic() < deadline and pgid is None:  # wait until the engine was launched

@@ -15,7 +15,9 @@ def test_the_standalone_emulator_serves_the_cloud_apis_until_interrupted():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "servenest.rehearsal", "--port", str(port),
-                             "--cluster", "c-standalone"], stdout=subprocess.PIPE, text=True)
+                             "--cluster", "c-standalone"], stdout=subprocess.PIPE, text=True,
+                            # SIGINT live even under a runner started in the background (`cmd &`).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == f"cloud emulator listening on http://127.0.0.1:{port}"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
