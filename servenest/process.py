@@ -37,6 +37,14 @@ class ProcessState:
     exit_code: int | None = None
 
 
+def live_sigint() -> None:
+    """``preexec_fn`` for a child that must act on SIGINT: Prefect's worker stops on SIGTERM by
+    sending itself SIGINT. A process started in the background (``cmd &`` in a script) ignores
+    SIGINT, its children inherit that, and Python keeps an inherited SIG_IGN: such a worker
+    would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_group(
     argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
 ) -> subprocess.Popen:

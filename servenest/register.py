@@ -33,7 +33,7 @@ from uuid import UUID
 import yaml
 from pydantic import SecretStr
 
-from servenest import paths
+from servenest import paths, process
 from servenest.errors import ServeNestError
 from servenest.prefect_api import SERVER_PID_FILE
 from servenest.prefect_yaml import WORK_POOL, spec_files
@@ -261,7 +261,7 @@ def ensure_worker(env: dict[str, str], pool: str = WORK_POOL, cwd: Path = REPO_R
     with open(log, "ab") as out:
         proc = subprocess.Popen([prefect, "worker", "start", "--pool", pool], cwd=cwd, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=process.live_sigint)
     pid_file.write_text(f"{proc.pid}\n")
     return WorkerProcess(proc.pid, log, started=True)
 

@@ -22,6 +22,7 @@ from servenest.errors import (
     PortInUseError,
     SpecError,
 )
+from servenest.process import live_sigint
 from servenest.spec import load_spec_file
 from servenest.state import load_state
 from tests.integration.conftest import REPO
@@ -135,11 +136,7 @@ def test_an_interrupted_provision_leaves_no_engine_running(make_spec, tmp_path, 
     with output.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "servenest.cli", "up", str(path)], cwd=REPO,
                                 env={**os.environ, "PREFECT_API_URL": prefect_server},
-                                stdout=out, stderr=subprocess.STDOUT,
-                                # Ctrl-C at a terminal reaches a process whose SIGINT is live; a
-                                # runner started in the background (`cmd &`) ignores SIGINT, and
-                                # its children would inherit that.
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=live_sigint)
     deadline = time.monotonic() + 120
     pgid = None
     while time.monotonic() < deadline and pgid is None:  # wait until the engine was launched

@@ -28,6 +28,7 @@ from prefect.client.schemas.filters import (
 
 from blocks.endpoint import ServeNestEndpoint
 from servenest import process
+from servenest.process import live_sigint
 from servenest.state import load_state
 from tests.integration.conftest import REPO, free_port
 
@@ -59,7 +60,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", "servenest-local"], cwd=REPO,
             env={**os.environ, **WORKER_ENV},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=live_sigint)  # it stops on SIGTERM by sending itself SIGINT
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from servenest import process
+from servenest.process import live_sigint
 from servenest.state import load_state
 from tests.integration.conftest import REPO, TEST_KEY, free_port
 from tests.integration.servers import PREFECT, postgres_server, prefect_server, stop_process_group
@@ -73,7 +74,7 @@ def workers(pg, tmp_path_factory):
                     [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "1"],
                     cwd=REPO, env={**os.environ, **pg.env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True))
+                    start_new_session=True, preexec_fn=live_sigint))
         yield logs
     finally:
         for proc in procs:

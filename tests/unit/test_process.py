@@ -198,3 +198,23 @@ def test_a_leader_with_another_start_time_is_not_ours(tmp_path, process_groups):
     assert process.group_members(proc.pid, DEPLOYMENT, leader_start=ticks + 1) == []
     assert process.stop_group(proc.pid, DEPLOYMENT, grace_s=1, leader_start=ticks + 1)["signalled"] == 0
     assert process.session_members(proc.pid) == [proc.pid]
+
+
+def test_live_sigint_gives_a_child_sigint_back_when_its_parent_ignores_it():
+    # A script's `cmd &` ignores SIGINT and children inherit it; Prefect's worker stops on
+    # SIGTERM by sending itself SIGINT, so a worker started that way would never stop.
+    import signal
+    import subprocess
+    import sys
+
+    from servenest.process import live_sigint
+
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        inherited = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+        live = subprocess.run(probe, capture_output=True, text=True, check=True,
+                              preexec_fn=live_sigint).stdout.strip()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (inherited, live) == ("True", "False")

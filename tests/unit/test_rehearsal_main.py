@@ -9,6 +9,8 @@ import subprocess
 import sys
 import urllib.request
 
+from servenest.process import live_sigint
+
 
 def test_the_standalone_emulator_serves_the_cloud_apis_until_interrupted():
     with socket.socket() as s:
@@ -16,8 +18,7 @@ def test_the_standalone_emulator_serves_the_cloud_apis_until_interrupted():
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "servenest.rehearsal", "--port", str(port),
                              "--cluster", "c-standalone"], stdout=subprocess.PIPE, text=True,
-                            # SIGINT live even under a runner started in the background (`cmd &`).
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=live_sigint)
     try:
         assert proc.stdout.readline().strip() == f"cloud emulator listening on http://127.0.0.1:{port}"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
