@@ -133,12 +133,16 @@ def vllm_run(engine_python: str, base_url: str, model_dir: str, key: str, a) -> 
         "--temperature", "0", "--disable-tqdm", "--ready-check-timeout-sec", "0"])
 
 
+def taskset(cpus: set[int] | None) -> list[str]:
+    """The command prefix that runs a program on ``cpus`` (none: anywhere)."""
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+
+
 def run_vllm_client(engine_python: str, key: str, flags: list[str],
                     cpus: set[int] | None = None) -> dict:
     """`vllm bench serve FLAGS` (vLLM's own code, in the engine's environment), on ``cpus``."""
     env = {**os.environ, "OPENAI_API_KEY": key, "HF_HUB_OFFLINE": "1"}
-    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
-    out = subprocess.run([*pin, engine_python, "-c", VLLM_RUNNER, *flags], env=env,
+    out = subprocess.run([*taskset(cpus), engine_python, "-c", VLLM_RUNNER, *flags], env=env,
                          capture_output=True, text=True, timeout=1800)
     for line in out.stdout.splitlines():
         if line.startswith("SERVENEST-PARITY "):
@@ -248,8 +252,7 @@ class WakeupProbe:
     for a real-time probe the machine does not allow)."""
 
     def __init__(self, cpus: set[int] | None = None, realtime: bool = False):
-        pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
-        self.proc = subprocess.Popen([*pin, sys.executable, "-c", WAKEUP_PROBE,
+        self.proc = subprocess.Popen([*taskset(cpus), sys.executable, "-c", WAKEUP_PROBE,
                                       *(["fifo"] if realtime else [])],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 

@@ -158,16 +158,17 @@ class LiveConnector(aiohttp.TCPConnector):
     async def connect(self, req, traces, timeout):
         while True:
             idle = self._conns.get(req.connection_key)
-            pooled = set()
-            if idle:
-                if len(idle) > 1:
-                    idle.rotate(1)  # (connection, released_at) in release order: newest first
-                pooled = {id(proto) for proto, _released in idle}
+            if idle and len(idle) > 1:
+                idle.rotate(1)  # (connection, released_at) in release order: newest to the front
+            _took_pooled.set(True)  # unless a new connection is made (_create_connection)
             conn = await super().connect(req, traces, timeout)
             if not _closed_by_peer(conn.transport):
-                _took_pooled.set(id(conn.protocol) in pooled)
                 return conn
             conn.close()  # dropped from the pool; the next one, or a new one, is taken
+
+    async def _create_connection(self, req, traces, timeout):
+        _took_pooled.set(False)  # awaited by connect() itself: the request's own context
+        return await super()._create_connection(req, traces, timeout)
 
 
 def _lost_to_idle_close(exc: BaseException) -> bool:
